@@ -1,0 +1,1 @@
+"""The standard workloads and the runner behind ``taskloom bench``."""

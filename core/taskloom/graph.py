@@ -1,0 +1,383 @@
+"""The graph spec: keys, ``Task``, ``Ref``, the classic tuple spec and how results take the keys' shape.
+
+A graph is a mapping ``key -> value``.  A key is a ``str``, ``bytes``, ``int``, ``float`` or
+a tuple of these.  A value is
+
+* a :class:`Task` -- ``Task(func, *args, **kwargs)``; a :class:`Ref` anywhere inside the
+  arguments (also nested in lists, tuples, dicts and sets, or inside a nested ``Task``) stands
+  for the value of that key;
+* a :class:`Ref` -- an alias for another key's value;
+* a *classic* task -- a tuple ``(func, *args)``: an argument equal to a key of the graph is that
+  key's value, lists are evaluated element-wise, tuples with a callable first are nested tasks
+  (this is the spec Dask users know; it is converted once to ``Task``/``Ref``);
+* anything else -- literal data (a value that equals another key is an alias, as in the
+  classic spec).
+
+``Task`` and ``Ref`` are plain slotted classes rather than attrs classes on purpose: one is
+built per task and ``Task.__call__`` is the innermost loop of every scheduler, so each does its
+analysis once, in ``__init__``, and keeps a fast path for the common case of top-level
+references only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, Union
+
+from .errors import CycleError
+
+Key = Union[str, bytes, int, float, tuple[Any, ...]]
+"""A graph key: ``str``, ``bytes``, ``int``, ``float`` or a tuple of these."""
+
+_ATOMIC: frozenset[type] = frozenset({int, float, str, bytes, bool, complex, type(None)})
+_KEY_TYPES = (str, bytes, int, float, tuple)
+
+
+class Ref:
+    """A reference to the value of another key of the graph."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"Ref({self.key!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Ref and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash((Ref, self.key))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Ref, (self.key,))
+
+
+def _scan(obj: Any, deps: list[Key]) -> bool:
+    """Add the keys that ``obj`` refers to onto ``deps``; True if it holds a Ref or Task."""
+    t = type(obj)
+    if t is Ref:
+        deps.append(obj.key)
+        return True
+    if t is Task:
+        deps.extend(obj.dependencies)
+        return True
+    if t in _ATOMIC:
+        return False
+    found = False
+    if t is list or t is tuple or t is set or t is frozenset:
+        for item in obj:
+            if _scan(item, deps):
+                found = True
+    elif t is dict:
+        for item in obj.values():
+            if _scan(item, deps):
+                found = True
+    return found
+
+
+def _fill(obj: Any, data: Mapping[Key, Any]) -> Any:
+    """``obj`` with every Ref replaced by its value and every nested Task run."""
+    t = type(obj)
+    if t is Ref:
+        return data[obj.key]
+    if t is Task:
+        return obj(data)
+    if t is list:
+        return [_fill(x, data) for x in obj]
+    if t is tuple:
+        return tuple([_fill(x, data) for x in obj])
+    if t is dict:
+        return {k: _fill(v, data) for k, v in obj.items()}
+    if t is set or t is frozenset:
+        return t(_fill(x, data) for x in obj)
+    return obj
+
+
+class Task:
+    """A call ``func(*args, **kwargs)`` whose arguments may hold :class:`Ref` s and nested tasks.
+
+    ``dependencies`` is the tuple of keys it refers to, without repeats.  Calling the task with
+    a mapping of those keys to values runs it.
+    """
+
+    __slots__ = ("func", "args", "kwargs", "dependencies", "_refs")
+
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    dependencies: tuple[Key, ...]
+    _refs: tuple[tuple[int, Key], ...] | None  # (position, key) of top-level Refs; None: general
+
+    def __init__(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        if not callable(func):
+            raise TypeError(f"Task needs a callable first, got {type(func).__name__}: {func!r}")
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        deps: list[Key] = []
+        refs = []
+        simple = True
+        i = 0
+        for a in args:
+            t = type(a)
+            if t is Ref:
+                refs.append((i, a.key))
+                deps.append(a.key)
+            elif t not in _ATOMIC and _scan(a, deps):
+                simple = False
+            i += 1
+        if kwargs:
+            for v in kwargs.values():
+                if type(v) not in _ATOMIC and _scan(v, deps):
+                    simple = False
+        self.dependencies = tuple(dict.fromkeys(deps)) if len(deps) > 1 else tuple(deps)
+        self._refs = tuple(refs) if simple else None
+
+    def __call__(self, data: Mapping[Key, Any]) -> Any:
+        refs = self._refs
+        if refs is None:  # references nested in containers, kwargs or inner tasks
+            args = [_fill(a, data) for a in self.args]
+            kwargs = {k: _fill(v, data) for k, v in self.kwargs.items()}
+            return self.func(*args, **kwargs)
+        if refs:
+            args = list(self.args)
+            for i, key in refs:
+                args[i] = data[key]
+            if self.kwargs:
+                return self.func(*args, **self.kwargs)
+            return self.func(*args)
+        if self.kwargs:
+            return self.func(*self.args, **self.kwargs)
+        return self.func(*self.args)
+
+    def __repr__(self) -> str:
+        name = getattr(self.func, "__name__", repr(self.func))
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"Task({name}, {', '.join(parts)})" if parts else f"Task({name})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is Task
+            and self.func == other.func
+            and self.args == other.args
+            and self.kwargs == other.kwargs
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_task, (self.func, self.args, self.kwargs))
+
+
+class _TupleTask(Task):
+    """A classic ``(func, *args)`` tuple compiled for execution without building Refs.
+
+    Its ``args`` hold the keys themselves at the positions listed in ``_refs``; it behaves as
+    the equivalent :class:`Task` but is cheaper to make.  Only the planner creates these.
+    """
+
+    __slots__ = ()
+
+    def _as_task(self) -> Task:
+        args = list(self.args)
+        for i, key in self._refs or ():
+            args[i] = Ref(key)
+        return Task(self.func, *args)
+
+    def __repr__(self) -> str:
+        return repr(self._as_task())
+
+    def __eq__(self, other: object) -> bool:
+        return self._as_task() == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self._as_task().__reduce__()
+
+
+_new = object.__new__
+
+
+def compile_tuple(value: tuple[Any, ...], graph: Mapping[Key, Any]) -> Task:
+    """A classic task tuple as an executable task, with a fast path for flat arguments."""
+    args = value[1:]
+    deps: list[Key] = []
+    refs = []
+    i = 0
+    for a in args:
+        t = type(a)
+        if t is str or t is tuple or t is int:
+            try:
+                if a in graph:
+                    refs.append((i, a))
+                    deps.append(a)
+            except TypeError:  # an unhashable literal inside a tuple
+                pass
+            if t is tuple and a and callable(a[0]):
+                return to_task(value, graph)  # nested task: general path
+        elif t is list or t is dict or t is Ref or t is Task:
+            return to_task(value, graph)
+        elif t in _ATOMIC and a in graph:  # bytes, float keys
+            refs.append((i, a))
+            deps.append(a)
+        i += 1
+    task: Task = _new(_TupleTask)
+    task.func = value[0]
+    task.args = args
+    task.kwargs = {}
+    task.dependencies = tuple(dict.fromkeys(deps)) if len(deps) > 1 else tuple(deps)
+    task._refs = tuple(refs)
+    return task
+
+
+def _rebuild_task(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Task:
+    return Task(func, *args, **kwargs)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def istask(value: Any) -> bool:
+    """True for a :class:`Task` or a classic ``(callable, *args)`` tuple."""
+    return type(value) is Task or (type(value) is tuple and bool(value) and callable(value[0]))
+
+
+def is_key(value: Any) -> bool:
+    """True if ``value`` has the type of a graph key."""
+    if type(value) is tuple:
+        return all(is_key(v) for v in value)
+    return isinstance(value, _KEY_TYPES)
+
+
+def _convert_arg(arg: Any, graph: Mapping[Key, Any]) -> Any:
+    t = type(arg)
+    if t is tuple:
+        if arg and callable(arg[0]):
+            return Task(arg[0], *[_convert_arg(a, graph) for a in arg[1:]])
+        return Ref(arg) if _in_graph(arg, graph) else arg
+    if t is list:
+        return [_convert_arg(a, graph) for a in arg]
+    if t is dict:
+        return {k: _convert_arg(v, graph) for k, v in arg.items()}
+    if t is Task or t is Ref:
+        return arg
+    if t in _ATOMIC:
+        return Ref(arg) if arg in graph else arg
+    return arg
+
+
+def _in_graph(value: Any, graph: Mapping[Key, Any]) -> bool:
+    try:
+        return value in graph
+    except TypeError:  # an unhashable literal nested in a tuple
+        return False
+
+
+def to_task(value: Any, graph: Mapping[Key, Any]) -> Any:
+    """Convert one graph value to the ``Task``/``Ref`` spec; literals come back unchanged.
+
+    A ``Ref`` value (an alias) becomes a task that returns the referenced value.
+    """
+    t = type(value)
+    if t is Task:
+        return value
+    if t is tuple:
+        if value and callable(value[0]):
+            return Task(value[0], *[_convert_arg(a, graph) for a in value[1:]])
+        if _in_graph(value, graph):
+            return Task(_identity, Ref(value))
+        return value
+    if t is Ref:
+        return Task(_identity, value)
+    if t is list or t is dict:
+        converted = _convert_arg(value, graph)
+        deps: list[Key] = []
+        return Task(_identity, converted) if _scan(converted, deps) else value
+    if t in _ATOMIC and value in graph:
+        return Task(_identity, Ref(value))
+    return value
+
+
+def compile_value(value: Any, graph: Mapping[Key, Any]) -> Any:
+    """Like :func:`to_task`, but classic tuples become cheaper :class:`_TupleTask` s (planner only)."""
+    if type(value) is tuple and value and callable(value[0]):
+        return compile_tuple(value, graph)
+    return to_task(value, graph)
+
+
+def convert_graph(graph: Mapping[Key, Any]) -> dict[Key, Any]:
+    """The whole graph in the ``Task``/``Ref`` spec."""
+    return {k: to_task(v, graph) for k, v in graph.items()}
+
+
+def dependencies(graph: Mapping[Key, Any]) -> dict[Key, tuple[Key, ...]]:
+    """Each key's direct dependencies (keys it refers to that are in the graph)."""
+    out: dict[Key, tuple[Key, ...]] = {}
+    for k, v in graph.items():
+        task = to_task(v, graph)
+        out[k] = task.dependencies if type(task) is Task else ()
+    return out
+
+
+def find_cycle(start: Key, deps: Callable[[Key], Iterable[Key]]) -> list[Key]:
+    """A cycle through ``start``, as the list of keys on it (empty if there is none)."""
+    parent: dict[Key, Key] = {}
+    stack = [start]
+    seen = {start}
+    while stack:
+        k = stack.pop()
+        for d in deps(k):
+            if d == start:
+                path = [k]
+                while path[-1] != start:
+                    path.append(parent[path[-1]])
+                return path[::-1]
+            if d not in seen:
+                seen.add(d)
+                parent[d] = k
+                stack.append(d)
+    return []
+
+
+def raise_cycle(start: Key, tasks: Mapping[Key, Any]) -> None:
+    """Raise :class:`CycleError` for the cycle through ``start`` among ``tasks``."""
+
+    def deps(k: Key) -> Iterable[Key]:
+        t = tasks.get(k)
+        return [d for d in t.dependencies if d in tasks] if isinstance(t, Task) else ()
+
+    raise CycleError(find_cycle(start, deps) or [start])
+
+
+def flatten_keys(keys: Any) -> list[Key]:
+    """The flat list of keys in a key, or an arbitrarily nested list of keys."""
+    if type(keys) is not list:
+        return [keys]
+    out: list[Key] = []
+    stack = [iter(keys)]
+    while stack:
+        for k in stack[-1]:
+            if type(k) is list:
+                stack.append(iter(k))
+                break
+            out.append(k)
+        else:
+            stack.pop()
+    return out
+
+
+def pack_results(keys: Any, results: Mapping[Key, Any]) -> Any:
+    """Results shaped like ``keys``: a key gives its value, a (nested) list gives a list."""
+    if type(keys) is not list:
+        return results[keys]
+    return [pack_results(k, results) for k in keys]
+
+
+def check_key(key: Any) -> None:
+    """Raise a TypeError naming ``key`` if it cannot be a graph key."""
+    if not isinstance(key, Hashable):
+        raise TypeError(f"graph keys must be hashable, got {type(key).__name__}: {key!r}")

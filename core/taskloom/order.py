@@ -1,0 +1,136 @@
+"""Static priorities: one depth-first pass that culls, converts, validates and orders a graph.
+
+``plan(graph, keys)`` walks the graph depth-first from the requested keys, visiting each task's
+dependencies in argument order, and numbers the tasks in *post-order*: a task is numbered right
+after the last of its dependencies.  That numbering is the static priority every local scheduler
+uses (lower runs first).  It is a topological order, and it finishes one subtree before it
+starts the next, so a tree reduction holds O(depth) intermediates at a time rather than
+O(leaves), and each intermediate can be released as soon as its last dependent has run.
+
+The same pass does the rest of the up-front work, so nothing touches a key twice:
+
+* only tasks the requested keys need are visited (culling);
+* each value is converted from the classic tuple spec once (:func:`taskloom.graph.to_task`);
+* a reference to a key that is not in the graph raises :class:`MissingDependencyError`, a
+  requested key that is not in the graph :class:`KeysNotFoundError`, and a cycle
+  :class:`CycleError` naming the keys on it -- all before any task runs;
+* each key's *reference count* (its dependents, plus one if it is requested) is counted, so the
+  engine knows when a value may be dropped.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from .errors import KeysNotFoundError, MissingDependencyError
+from .graph import Key, Task, compile_value, raise_cycle
+
+
+@attrs.define(slots=True, eq=False)
+class Plan:
+    """A graph culled to the requested keys, validated and ordered for execution.
+
+    ``order`` lists the keys to compute in priority order; ``tasks`` maps each of them to its
+    :class:`Task`; ``literals`` holds the data values the tasks need; ``refcount`` counts, for
+    every key in ``order`` or ``literals``, how many tasks still need it (requested keys count
+    one extra so they are never released); ``outputs`` are the requested keys.
+    """
+
+    order: list[Key]
+    tasks: dict[Key, Task]
+    literals: dict[Key, Any]
+    refcount: dict[Key, int]
+    outputs: list[Key]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def dependents(self) -> dict[Key, list[Key]]:
+        """For each key, the keys in ``order`` that depend on it."""
+        out: dict[Key, list[Key]] = {k: [] for k in self.order}
+        for k in self.literals:
+            out[k] = []
+        for k in self.order:
+            for d in self.tasks[k].dependencies:
+                out[d].append(k)
+        return out
+
+
+def plan(graph: Mapping[Key, Any], outputs: list[Key]) -> Plan:
+    """Cull, convert, validate and order ``graph`` for computing ``outputs`` (a flat key list).
+
+    The cyclic garbage collector is paused meanwhile: the pass allocates a few objects per task
+    and frees none, so collections would only rescan the (large, live) graph again and again.
+    """
+    if not gc.isenabled():
+        return _plan(graph, outputs)
+    gc.disable()
+    try:
+        return _plan(graph, outputs)
+    finally:
+        gc.enable()
+
+
+def _plan(graph: Mapping[Key, Any], outputs: list[Key]) -> Plan:
+    missing = [k for k in outputs if _missing(k, graph)]
+    if missing:
+        raise KeysNotFoundError(missing)
+    order: list[Key] = []
+    tasks: dict[Key, Any] = {}  # visited keys -> converted value; Task or literal
+    literals: dict[Key, Any] = {}
+    refcount: dict[Key, int] = {}
+    done: set[Key] = set()
+    append = order.append
+    for root in outputs:
+        refcount[root] = refcount.get(root, 0) + 1
+        if root in done:
+            continue
+        stack = [root]
+        while stack:
+            k = stack[-1]
+            if k in done:
+                stack.pop()
+                continue
+            task = tasks.get(k, _UNSEEN)
+            if task is not _UNSEEN:  # second visit: every dependency is done
+                stack.pop()
+                done.add(k)
+                append(k)
+                continue
+            task = compile_value(graph[k], graph)
+            if not isinstance(task, Task):
+                stack.pop()
+                done.add(k)
+                literals[k] = task
+                continue
+            tasks[k] = task
+            deps = task.dependencies
+            if not deps:
+                stack.pop()
+                done.add(k)
+                append(k)
+                continue
+            for d in reversed(deps):
+                refcount[d] = refcount.get(d, 0) + 1
+                if d in done:
+                    continue
+                if d in tasks:  # visited but not done: d is an ancestor of k
+                    raise_cycle(d, tasks)
+                if d not in graph:
+                    raise MissingDependencyError(d, k)
+                stack.append(d)
+    return Plan(order, tasks, literals, refcount, list(outputs))
+
+
+_UNSEEN: Any = object()
+
+
+def _missing(key: Any, graph: Mapping[Key, Any]) -> bool:
+    try:
+        return key not in graph
+    except TypeError:
+        raise TypeError(f"graph keys must be hashable, got {type(key).__name__}: {key!r}") from None
