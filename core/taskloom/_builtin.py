@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from .plugins import hookimpl
+from .serialize import CLOUDPICKLE, PICKLE, Serializer
 
 
 @hookimpl
@@ -14,6 +15,11 @@ def taskloom_config_defaults() -> dict[str, Any]:
         "scheduler": None,  # None: "threads" where installed, else the first installed scheduler
         "num_workers": None,  # None: the number of CPUs this process may use
     }
+
+
+@hookimpl
+def taskloom_serializers() -> list[Serializer]:
+    return [PICKLE, CLOUDPICKLE]
 
 
 def _run_config(args: argparse.Namespace) -> int:
@@ -38,14 +44,12 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 @hookimpl
 def taskloom_cli(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from .bench.runner import add_arguments
-
-    bench = commands.add_parser(
-        "bench", help="run the standard workloads on every installed scheduler"
-    )
-    add_arguments(bench)
-    bench.set_defaults(func=_run_bench)
     cfg = commands.add_parser("config", help="print the merged configuration and each value's source")
     cfg.set_defaults(func=_run_config)
     plugins = commands.add_parser("plugins", help="list installed plugins and what they provide")
     plugins.set_defaults(func=_run_plugins)
+    from .bench.runner import add_arguments
+
+    bench = commands.add_parser("bench", help="run the standard workloads on every installed scheduler")
+    add_arguments(bench)
+    bench.set_defaults(func=_run_bench)

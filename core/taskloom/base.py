@@ -62,8 +62,8 @@ def _run(graph: Mapping[Key, Any], keys: list[Key], scheduler: Any, kwargs: dict
     if not observed:
         return list(get(graph, keys, **kwargs))
     hook = get_plugin_manager().hook
-    hook.taskloom_compute_start(graph=graph, keys=keys, scheduler=name)
     try:
+        hook.taskloom_compute_start(graph=graph, keys=keys, scheduler=name)
         results = list(get(graph, keys, **kwargs))
     except BaseException as exc:
         hook.taskloom_compute_finish(keys=keys, error=exc)

@@ -24,8 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"taskloom {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     pm = get_plugin_manager()
+    trace = pm.trace.root.get("hook")
     for impl in reversed(pm.hook.taskloom_cli.get_hookimpls()):  # registration order
         try:
+            trace("taskloom_cli", {"plugin": impl.plugin_name})
             impl.function(commands=commands)
         except Exception as exc:  # a broken plugin loses its commands, not the whole CLI
             warnings.warn(

@@ -233,6 +233,33 @@ def compile_tuple(value: tuple[Any, ...], graph: Mapping[Key, Any]) -> Task:
     return task
 
 
+def to_wire(task: Task) -> tuple[tuple[Any, ...], dict[str, Any], tuple[tuple[int, Key], ...] | None]:
+    """``(args, kwargs, refs)`` of a task, for sending it to another process with its function apart.
+
+    Schedulers that send many tasks of few functions send each function once and these parts
+    per task; :func:`from_wire` rebuilds an executable task without re-analysing the arguments.
+    """
+    return task.args, task.kwargs, task._refs
+
+
+def from_wire(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    refs: tuple[tuple[int, Key], ...] | None,
+) -> Task:
+    """An executable task from :func:`to_wire` parts (its ``dependencies`` are not filled in)."""
+    if refs is None:
+        return Task(func, *args, **kwargs)
+    task: Task = _new(_TupleTask)
+    task.func = func
+    task.args = args
+    task.kwargs = kwargs
+    task.dependencies = ()
+    task._refs = refs
+    return task
+
+
 def _rebuild_task(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Task:
     return Task(func, *args, **kwargs)
 

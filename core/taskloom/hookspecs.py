@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .plugins import SchedulerSpec, Serializer
+    from .plugins import SchedulerSpec
+    from .serialize import Serializer
 
 hookspec = pluggy.HookspecMarker("taskloom")
 
@@ -65,6 +66,8 @@ def taskloom_config_defaults() -> Mapping[str, Any]:
     Called when the configuration is first read and after :func:`taskloom.config.refresh`.
     Defaults are the lowest layer: files, ``TASKLOOM_*`` variables and ``config.set`` override
     them.
+
+    :return: a nested dict of configuration keys and their default values.
     """
     raise NotImplementedError
 
@@ -142,7 +145,10 @@ def taskloom_worker_setup(worker: Any) -> None:
 
 @hookspec
 def taskloom_worker_teardown(worker: Any) -> None:
-    """A worker is shutting down: release what ``taskloom_worker_setup`` acquired."""
+    """A worker is shutting down: release what ``taskloom_worker_setup`` acquired.
+
+    :param worker: the worker object given to ``taskloom_worker_setup``.
+    """
 
 
 @hookspec

@@ -24,6 +24,7 @@ Per-task diagnostics hooks cost a pluggy call each, so they are looked up once p
 from __future__ import annotations
 
 import heapq
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,14 @@ import attrs
 from .graph import Key, Task
 from .order import Plan
 from .plugins import get_plugin_manager
+
+
+def cpu_count() -> int:
+    """The number of CPUs this process may use: the default ``num_workers`` of local pools."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 @attrs.define(slots=True, frozen=True)
@@ -125,6 +134,10 @@ def _execute_inline_observed(
                 del data[dep]
 
 
+FOLLOW_MAX_DEPS = 8
+_STORED: Any = object()
+
+
 class ExecutionState:
     """Bookkeeping of one parallel execution of a :class:`Plan`: events in, ready tasks out.
 
@@ -133,7 +146,8 @@ class ExecutionState:
     """
 
     __slots__ = (
-        "plan", "data", "ready", "waiting", "dependents", "remaining", "running", "error",
+        "plan", "data", "ready", "waiting", "dependents", "remaining", "running", "error", "released",
+        "claimed",
     )  # fmt: skip
 
     def __init__(self, plan: Plan) -> None:
@@ -163,6 +177,8 @@ class ExecutionState:
         self.remaining = len(order)
         self.running = 0
         self.error: BaseException | None = None
+        self.released: list[Key] | None = None  # set to a list to be told which keys were dropped
+        self.claimed: set[int] = set()  # handed out before their dependencies finished
 
     @property
     def complete(self) -> bool:
@@ -178,12 +194,48 @@ class ExecutionState:
         key = self.plan.order[i]
         return i, key, self.plan.tasks[key]
 
-    def finish(self, i: int, value: Any) -> int:
-        """Task ``i`` produced ``value``: release what it no longer needs, return how many became ready."""
+    def pop_batch(self, n: int) -> list[tuple[int, Key, Task]]:
+        """Up to ``n`` ready tasks, plus the dependents that can run right after them, in priority order.
+
+        A dependent joins the batch when each of its dependencies is finished or in the batch
+        (and it has at most ``FOLLOW_MAX_DEPS`` of them): running the batch in priority order is
+        then the same depth-first order the sync scheduler follows, so batching keeps its memory
+        behaviour -- a subtree is reduced inside the batch instead of leaving its leaves waiting.
+        """
+        ready = self.ready
+        if not ready or self.error is not None:
+            return []
+        picked = [heapq.heappop(ready) for _ in range(min(n, len(ready)))]
+        order, tasks, data = self.plan.order, self.plan.tasks, self.data
+        if len(picked) > 1:
+            waiting, dependents, claimed = self.waiting, self.dependents, self.claimed
+            inside = {order[i] for i in picked}
+            stack = list(picked)
+            while stack:
+                for j in dependents[stack.pop()]:
+                    w = waiting[j]
+                    if w == 0 or w > FOLLOW_MAX_DEPS or j in claimed:
+                        continue
+                    key = order[j]
+                    if all(d in data or d in inside for d in tasks[key].dependencies):
+                        claimed.add(j)
+                        picked.append(j)
+                        inside.add(key)
+                        stack.append(j)
+            picked.sort()
+        self.running += len(picked)
+        return [(i, order[i], tasks[order[i]]) for i in picked]
+
+    def finish(self, i: int, value: Any = _STORED) -> int:
+        """Task ``i`` produced ``value``: release what it no longer needs, return how many became ready.
+
+        Omit ``value`` when the runner has already put it in ``data`` itself.
+        """
         plan = self.plan
         key = plan.order[i]
         data = self.data
-        data[key] = value
+        if value is not _STORED:
+            data[key] = value
         self.running -= 1
         self.remaining -= 1
         refcount = plan.refcount
@@ -192,16 +244,32 @@ class ExecutionState:
             if n:
                 refcount[dep] = n
             else:
-                del data[dep]
+                data.pop(dep, None)  # a batch may have dropped it already (see pop_batch)
+                if self.released is not None:
+                    self.released.append(dep)
         newly = 0
         waiting = self.waiting
+        claimed = self.claimed
         for j in self.dependents[i]:
             n = waiting[j] - 1
             waiting[j] = n
             if not n:
+                if claimed and j in claimed:
+                    claimed.discard(j)
+                    continue
                 heapq.heappush(self.ready, j)
                 newly += 1
         return newly
+
+    def claim(self, i: int) -> None:
+        """Hand out task ``i`` before its dependencies have finished.
+
+        For backends that run a worker's tasks in order: once every dependency of ``i`` is
+        finished or queued ahead of it on the same worker, ``i`` can follow them there without a
+        round trip.  A claimed task never enters the ready queue; ``finish`` it as usual.
+        """
+        self.claimed.add(i)
+        self.running += 1
 
     def fail(self, i: int, exc: BaseException) -> None:
         """Task ``i`` raised ``exc``: no further task is handed out; the first error wins."""

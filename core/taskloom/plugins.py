@@ -136,7 +136,8 @@ def register(plugin: object, name: str | None = None) -> str | None:
     pm = get_plugin_manager()
     with _lock:
         registered = pm.register(plugin, name=name)
-        _schedulers = None
+        if hasattr(plugin, "taskloom_schedulers"):
+            _schedulers = None
         return registered
 
 
@@ -145,8 +146,9 @@ def unregister(plugin: object | None = None, name: str | None = None) -> None:
     global _schedulers
     pm = get_plugin_manager()
     with _lock:
-        pm.unregister(plugin, name=name)
-        _schedulers = None
+        removed = pm.unregister(plugin, name=name)
+        if hasattr(removed, "taskloom_schedulers"):
+            _schedulers = None
 
 
 def reset() -> None:
@@ -163,13 +165,17 @@ def _distribution_of(pm: pluggy.PluginManager, plugin: object) -> str:
     return _dists.get(name, (name, ""))[0]
 
 
-def _call_each(hook: pluggy.HookCaller, what: str) -> list[tuple[object, Any]]:
+def call_each(hook: pluggy.HookCaller, what: str) -> list[tuple[object, Any]]:
     """Call every implementation of a registry hook, warning (not failing) on a broken one."""
     out = []
     pm = get_plugin_manager()
+    trace = pm.trace.root.get("hook")
     for impl in reversed(hook.get_hookimpls()):  # registration order
         try:
-            out.append((impl.plugin, impl.function()))
+            trace(hook.name, {"plugin": impl.plugin_name})
+            result = impl.function()
+            trace("finish", hook.name, "-->", result)
+            out.append((impl.plugin, result))
         except Exception as exc:
             warnings.warn(
                 f"taskloom plugin {impl.plugin_name!r} ({_distribution_of(pm, impl.plugin)}) "
@@ -189,7 +195,7 @@ def schedulers() -> dict[str, SchedulerSpec]:
     pm = get_plugin_manager()
     with _lock:
         registry = {}
-        for plugin, specs in _call_each(pm.hook.taskloom_schedulers, "schedulers"):
+        for plugin, specs in call_each(pm.hook.taskloom_schedulers, "schedulers"):
             dist = _distribution_of(pm, plugin)
             for spec in specs or ():
                 if spec.name in registry:
@@ -252,7 +258,7 @@ def config_defaults() -> list[tuple[str, Mapping[str, Any]]]:
     """Every plugin's configuration defaults, as (distribution, nested dict) pairs."""
     pm = get_plugin_manager()
     out = []
-    for plugin, defaults in _call_each(pm.hook.taskloom_config_defaults, "config defaults"):
+    for plugin, defaults in call_each(pm.hook.taskloom_config_defaults, "config defaults"):
         if defaults:
             out.append((_distribution_of(pm, plugin), defaults))
     return out

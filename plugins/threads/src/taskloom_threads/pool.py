@@ -19,6 +19,7 @@ once (tasks already running finish on their threads and their results are droppe
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import time
@@ -26,13 +27,20 @@ from typing import Any
 
 from taskloom.graph import Key, Task
 from taskloom.local import ExecutionState, TaskEvents, annotate
+from taskloom.errors import WorkerPluginError
 from taskloom.order import Plan
+from taskloom.worker import Worker, WorkerRuntime, registry_version, worker_plugins
 
 _local = threading.local()
+logger = logging.getLogger(__name__)
+
+
+_MAX_BATCH = 32
+_BATCH_BELOW = 50e-6  # seconds: tasks shorter than this on average are handed out in batches
 
 
 class _Run:
-    __slots__ = ("state", "events", "done", "helped", "scheduler")
+    __slots__ = ("state", "events", "done", "helped", "scheduler", "mean_duration")
 
     def __init__(self, state: ExecutionState, events: TaskEvents, scheduler: str) -> None:
         self.state = state
@@ -40,6 +48,7 @@ class _Run:
         self.done = threading.Event()
         self.helped = False
         self.scheduler = scheduler
+        self.mean_duration = float("inf")  # batching starts once tasks prove short
 
 
 class ThreadPool:
@@ -54,6 +63,7 @@ class ThreadPool:
         self._runs: list[_Run] = []
         self._threads: list[threading.Thread] = []
         self._idle = 0
+        self._busy: set[int | None] = set()  # idents of threads running tasks
         self._helpers = 0
         self._closed = False
 
@@ -113,80 +123,148 @@ class ThreadPool:
         if run.helped:
             self._cond.notify_all()
 
-    def _record(self, run: _Run, i: int, value: Any, exc: BaseException | None) -> None:
-        """Under the lock: task ``i`` of ``run`` finished with ``value`` or raised ``exc``."""
+    def _record(self, run: _Run, done: list[int], failed: tuple[int, BaseException] | None,
+                elapsed: float) -> None:  # fmt: skip
+        """Under the lock: tasks ``done`` of ``run`` finished (values in its data; one perhaps failed)."""
         state = run.state
-        if state.error is not None:  # the run already failed or was cancelled: drop the result
-            state.running -= 1
+        if state.error is not None:  # the run already failed or was cancelled: drop the results
             return
-        if exc is not None:
-            state.fail(i, exc)
+        if failed is not None:
+            state.fail(*failed)
             self._end(run)
             return
-        newly = state.finish(i, value)
+        newly = 0
+        for i in done:
+            newly += state.finish(i)  # the value is in state.data already
+        # exponentially weighted mean task duration decides whether batching pays
+        mean = elapsed / len(done)
+        run.mean_duration = mean if run.mean_duration == float("inf") else 0.8 * run.mean_duration + 0.2 * mean
         if state.remaining == 0:
             self._end(run)
         elif newly > 1:
             self._wake(newly - 1)  # the recording thread takes one itself
 
-    def _next(self) -> tuple[_Run, int, Key, Task] | None:
-        """Under the lock: the next task to run, from the oldest run that has one ready."""
+    def _next(self) -> tuple[_Run, list[tuple[int, Key, Task]]] | None:
+        """Under the lock: the next tasks to run, from the oldest run that has one ready.
+
+        Short tasks are handed out in batches (a share of the ready queue, at most
+        ``_MAX_BATCH``) so the lock is taken once per batch rather than once per task; tasks
+        that take longer than ``_BATCH_BELOW`` seconds go one at a time, for balance.
+        """
         for run in self._runs:
-            item = run.state.pop()
-            if item is not None:
-                return (run, *item)
+            state = run.state
+            n = 1
+            if run.mean_duration < _BATCH_BELOW:
+                n = 1 + min(_MAX_BATCH, len(state.ready) // self.size)
+            batch = state.pop_batch(n)
+            if batch:
+                return run, batch
         return None
 
-    def _execute(self, run: _Run, i: int, key: Key, task: Task, worker: str) -> tuple[Any, Any, Any, Any]:
+    def _execute(
+        self, run: _Run, batch: list[tuple[int, Key, Task]], runtime: WorkerRuntime
+    ) -> tuple[Any, ...]:
+        """Run a batch of ``run``'s tasks (outside the lock); stop at the first error."""
+        if runtime.version != registry_version() or not runtime.installed_set_up:
+            try:
+                runtime.sync(*worker_plugins())
+            except WorkerPluginError as exc:  # no task runs on a half-set-up worker
+                return run, [], (batch[0][0], exc), 0.0
         events = run.events
-        if events.start is not None:
-            events.start(key=key, worker=worker)
-        t0 = time.perf_counter()
-        try:
-            value = task(run.state.data)
-        except BaseException as exc:
-            annotate(exc, key, run.scheduler)
-            if events.finish is not None:
-                events.finish(key=key, worker=worker, duration=time.perf_counter() - t0, error=exc)
-            return run, i, None, exc
-        if events.finish is not None:
-            events.finish(key=key, worker=worker, duration=time.perf_counter() - t0, error=None)
-        return run, i, value, None
+        data = run.state.data
+        worker = runtime.worker.name
+        transitions = runtime.observes_transitions
+        done = []
+        clock = time.perf_counter
+        t_batch = clock()
+        observed = events.active
+        # A value made and fully consumed inside this batch is dropped at once: no other thread
+        # can need it (its consumers are all here), so memory stays depth-first frugal.
+        inside = {key for _, key, _ in batch} if len(batch) > 1 else None
+        refcount = run.state.plan.refcount
+        uses: dict[Key, int] = {}
+        for i, key, task in batch:
+            t0 = 0.0
+            try:  # hooks too: an exception from a callback fails the compute, never the thread
+                if transitions:
+                    runtime.transition(key, "ready", "executing")
+                if observed and events.start is not None:
+                    events.start(key=key, worker=worker)
+                t0 = clock() if observed else 0.0
+                value = data[key] = task(data)  # visible at once to tasks later in this batch
+                if observed and events.finish is not None:
+                    events.finish(key=key, worker=worker, duration=clock() - t0, error=None)
+                if transitions:
+                    runtime.transition(key, "executing", "memory")
+                if inside is not None:
+                    for d in task.dependencies:
+                        if d in inside:
+                            u = uses.get(d, 0) + 1
+                            if u == refcount[d]:
+                                data.pop(d, None)
+                            else:
+                                uses[d] = u
+            except BaseException as exc:
+                annotate(exc, key, run.scheduler)
+                try:
+                    if events.finish is not None:
+                        events.finish(key=key, worker=worker, duration=clock() - t0, error=exc)
+                    if transitions:
+                        runtime.transition(key, "executing", "error")
+                except BaseException:
+                    logger.exception("a hook failed while reporting the error of task %r", key)
+                return run, done, (i, exc), clock() - t_batch
+            done.append(i)
+        return run, done, None, clock() - t_batch
 
     def _work(self) -> None:
         _local.pool = self
-        worker = threading.current_thread().name
+        runtime = _local.runtime = WorkerRuntime(Worker(threading.current_thread().name, "thread"))
+        runtime.bind()
         cond = self._cond
-        done: tuple[Any, Any, Any, Any] | None = None
-        while True:
-            with cond:
-                if done is not None:
-                    self._record(*done)
-                    done = None
-                item = self._next()
-                while item is None:
-                    if self._closed:
-                        return
-                    self._idle += 1
-                    cond.wait()
-                    self._idle -= 1
+        result: tuple[Any, ...] | None = None
+        try:
+            while True:
+                with cond:
+                    if result is not None:
+                        self._record(*result)
+                        result = None
                     item = self._next()
-            done = self._execute(*item, worker)
+                    while item is None:
+                        if self._closed:
+                            return
+                        self._idle += 1
+                        cond.wait()
+                        self._idle -= 1
+                        item = self._next()
+                me = threading.get_ident()
+                self._busy.add(me)
+                try:
+                    result = self._execute(*item, runtime)
+                except BaseException as exc:  # a bug of ours: fail the run, keep the thread
+                    result = (item[0], [], (item[1][0][0], exc), 0.0)
+                finally:
+                    self._busy.discard(me)
+        finally:
+            try:
+                runtime.close()
+            except Exception:
+                logger.exception("worker plugin teardown failed on %s", runtime.worker.name)
 
     def _help(self, run: _Run) -> None:
         """Run ``run``'s tasks on this (pool) thread until it is complete: a nested compute."""
-        worker = threading.current_thread().name
+        runtime: WorkerRuntime = _local.runtime
         cond = self._cond
-        done = None
+        result: tuple[Any, ...] | None = None
         with cond:
             run.helped = True
             self._helpers += 1
         try:
             while True:
                 with cond:
-                    if done is not None:
-                        self._record(*done)
-                        done = None
+                    if result is not None:
+                        self._record(*result)
+                        result = None
                     while True:
                         if run.done.is_set():
                             return
@@ -194,33 +272,30 @@ class ThreadPool:
                         if item is not None:
                             break
                         cond.wait()
-                done = self._execute(run, *item, worker)
+                result = self._execute(run, [item], runtime)
         finally:
             with cond:
                 self._helpers -= 1
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Stop the threads once they are idle; running tasks finish first."""
+    def shutdown(self, wait: bool = True, timeout: float | None = None, idle_only: bool = False) -> None:
+        """Stop the threads once they are idle (running tasks finish first; plugins tear down).
+
+        ``timeout`` bounds the wait for each thread; ``idle_only`` waits only for threads not
+        running a task (at interpreter exit, a task nobody waits for must not delay it).
+        """
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         if wait:
             for t in self._threads:
-                if t is not threading.current_thread():
-                    t.join()
+                if t is not threading.current_thread() and (not idle_only or t.ident not in self._busy):
+                    t.join(timeout)
 
 
 _pools: dict[int, ThreadPool] = {}
 _pools_lock = threading.Lock()
 _hooks_installed = False
-
-
-def default_size() -> int:
-    """The number of CPUs this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+_EXIT_TIMEOUT = 5.0  # seconds per thread at interpreter exit
 
 
 def get_pool(size: int) -> ThreadPool:
@@ -231,7 +306,7 @@ def get_pool(size: int) -> ThreadPool:
     global _hooks_installed
     with _pools_lock:
         if not _hooks_installed:
-            atexit.register(shutdown, wait=False)
+            atexit.register(shutdown, timeout=_EXIT_TIMEOUT, idle_only=True)
             os.register_at_fork(after_in_child=_pools.clear)
             _hooks_installed = True
         pool = _pools.get(size)
@@ -240,10 +315,10 @@ def get_pool(size: int) -> ThreadPool:
         return pool
 
 
-def shutdown(wait: bool = True) -> None:
-    """Shut down every shared pool; ``wait`` for their threads to finish their current task."""
+def shutdown(wait: bool = True, timeout: float | None = None, idle_only: bool = False) -> None:
+    """Shut down every shared pool; ``wait`` (up to ``timeout`` s a thread) for their threads."""
     with _pools_lock:
         pools = list(_pools.values())
         _pools.clear()
     for pool in pools:
-        pool.shutdown(wait)
+        pool.shutdown(wait, timeout, idle_only)

@@ -7,10 +7,10 @@ from typing import Any
 
 from taskloom import config
 from taskloom.graph import Key
-from taskloom.local import task_events
+from taskloom.local import cpu_count, task_events
 from taskloom.order import plan
 
-from .pool import default_size, get_pool
+from .pool import get_pool
 
 
 def get(graph: Mapping[Key, Any], keys: list[Key], num_workers: int | None = None, **kwargs: Any) -> list[Any]:
@@ -20,6 +20,6 @@ def get(graph: Mapping[Key, Any], keys: list[Key], num_workers: int | None = Non
     reused: one per distinct size.
     """
     p = plan(graph, keys)
-    size = num_workers or config.get("num_workers", None) or default_size()
+    size = num_workers or config.get("num_workers", None) or cpu_count()
     results = get_pool(int(size)).run(p, task_events(), "threads")
     return [results[k] for k in keys]

@@ -1,0 +1,304 @@
+"""``taskloom bench``: time and measure the standard workloads on every installed scheduler (and Dask's).
+
+For each workload the graph is built once, before anything is timed, and every scheduler runs
+that same dict:
+
+* **wall time** is the best of ``--repeat`` runs, each preceded by ``gc.collect()``;
+* the **baseline** is the same function calls made directly in topological order over the
+  pre-built graph (:func:`taskloom.bench.workloads.direct`), timed the same way; a scheduler's
+  **overhead** per task is ``(wall - baseline) / tasks``;
+* **peak memory** comes from one more, untimed run under ``tracemalloc``, started after the
+  graph was built, so it counts what the scheduler allocates above the graph.  Only this
+  process is traced (for process-based schedulers, the parent's side).
+
+With ``--compare dask`` each taskloom scheduler with a Dask counterpart (``sync`` -
+``dask.local.get_sync``, ``threads`` - ``dask.threaded.get``, ``processes`` -
+``dask.multiprocessing.get``) is measured against it on the same graph, same worker count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shlex
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from .. import config
+from ..errors import SchedulerNotFoundError
+from ..plugins import SchedulerSpec, get_scheduler_spec, schedulers
+from .report import Report, Row, format_machine, format_markdown, format_text, machine_info, write_text
+from .workloads import MILLION, STANDARD, Workload, direct
+
+# Schedulers that run only when the user has configured what they run on: name -> config key.
+_NEEDS_CONFIG = {"pool": "pool"}
+_MILLION_SCHEDULERS = ("sync", "threads")
+_MILLION_MAX_REPEAT = 3
+
+Get = Callable[[dict[Any, Any], Any], Any]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``taskloom bench``'s options to ``parser``."""
+    parser.add_argument(
+        "--scheduler", action="append", metavar="NAME", default=None,
+        help="run only this scheduler (repeat to choose several); default: every installed one",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workload", action="append", metavar="NAME", default=None,
+        choices=[w.name for w in STANDARD], help="run only this standard workload (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per figure, best kept (default 5)")
+    parser.add_argument(
+        "--num-workers", type=int, default=None, metavar="N",
+        help="workers for parallel schedulers, taskloom's and Dask's alike (default: usable CPUs)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compare", choices=["dask"], default=None,
+        help="also run Dask's matching schedulers on the same graphs",
+    )  # fmt: skip
+    parser.add_argument(
+        "--million", action="store_true",
+        help="also run a 1,000,000-task graph on sync and threads (wall time, memory per task)",
+    )  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="tiny graphs and one repeat: a smoke test")
+    parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
+    parser.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown to PATH")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run ``taskloom bench``; 0 if every run succeeded, 1 if any failed, 2 on a usage error."""
+    try:
+        chosen = _choose_schedulers(args.scheduler)
+    except SchedulerNotFoundError as exc:
+        print(f"taskloom bench: error: {exc}", file=sys.stderr)
+        return 2
+    if args.repeat < 1:
+        print("taskloom bench: error: --repeat must be at least 1", file=sys.stderr)
+        return 2
+    from .. import __version__
+
+    installed = {n: s.distribution for n, s in schedulers().items()}
+    machine = machine_info(__version__, _dask_version(), installed)
+    workers = args.num_workers or machine["cpu_usable"]
+    repeat = 1 if args.quick else args.repeat
+    settings = {"repeat": repeat, "num_workers": workers, "quick": bool(args.quick)}
+    report = Report(command=_command_line(args), machine=machine, settings=settings)
+    specs = _runnable(chosen, report)
+    with ExitStack() as stack:
+        dask_gets: dict[str, tuple[str, Get]] = {}
+        if args.compare == "dask":
+            dask_gets = _dask_counterparts(specs, workers, stack, report)
+        print(format_machine(report), flush=True)
+        workloads = [w for w in STANDARD if not args.workload or w.name in args.workload]
+        for w in workloads:
+            size = w.quick if args.quick else w.default
+            _bench_workload(report, w, size, specs, dask_gets, workers, repeat)
+        if args.million:
+            size = MILLION.quick if args.quick else MILLION.default
+            big = {n: s for n, s in specs.items() if n in _MILLION_SCHEDULERS}
+            big_dask = {n: g for n, g in dask_gets.items() if n in big}
+            _bench_workload(report, MILLION, size, big, big_dask, workers, min(repeat, _MILLION_MAX_REPEAT))
+    compare = bool(dask_gets)
+    print()
+    print(format_text(report, compare))
+    if args.json:
+        import json
+
+        write_text(args.json, json.dumps(report.as_dict(), indent=2, default=repr) + "\n")
+    if args.markdown:
+        write_text(args.markdown, format_markdown(report, compare))
+    failed = [r for r in report.rows if r.error is not None]
+    if failed:
+        print(f"\n{len(failed)} run(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _choose_schedulers(names: list[str] | None) -> dict[str, SchedulerSpec]:
+    """The schedulers to run: every installed one, or those named (aliases resolve)."""
+    if not names:
+        return schedulers()
+    chosen: dict[str, SchedulerSpec] = {}
+    for name in names:
+        spec = get_scheduler_spec(name)
+        chosen[spec.name] = spec
+    return chosen
+
+
+def _runnable(chosen: dict[str, SchedulerSpec], report: Report) -> dict[str, SchedulerSpec]:
+    """``chosen`` minus the schedulers that need configuration nobody gave (noted in the report)."""
+    out = {}
+    for name, spec in chosen.items():
+        key = _NEEDS_CONFIG.get(name)
+        if key is not None and config.get(key, None) is None:
+            why = f"it runs on a configured executor and {key!r} is not set (config.set({key}=...))"
+            report.skipped[name] = why
+            report.notes.append(f"scheduler {name!r} skipped: {why}")
+            continue
+        out[name] = spec
+    return out
+
+
+def _bench_workload(
+    report: Report,
+    w: Workload,
+    size: int,
+    specs: dict[str, SchedulerSpec],
+    dask_gets: dict[str, tuple[str, Get]],
+    workers: int,
+    repeat: int,
+) -> None:
+    """Build ``w``'s graph once; measure the baseline, then every scheduler and its Dask counterpart."""
+    graph, out = w.build(size)
+    tasks = len(graph)
+    print(f"\n{w.name}: {w.describe(size)} ({tasks:,} tasks)", flush=True)
+    calls = direct(graph, out)
+    baseline_s, expected = _best_time(calls, repeat)
+    del calls
+    print(f"  {'direct calls':<28} {baseline_s / tasks * 1e6:8.2f} µs/task", flush=True)
+    for name, spec in specs.items():
+        row = Row(w.name, name, "taskloom", tasks, baseline_s=baseline_s, repeat=repeat)
+        _measure(row, _taskloom_get(spec, workers), graph, out, expected, repeat)
+        report.rows.append(row)
+        if name in dask_gets:
+            label, get = dask_gets[name]
+            theirs = Row(w.name, label, "dask", tasks, baseline_s=baseline_s, pair=name, repeat=repeat)
+            _measure(theirs, get, graph, out, expected, repeat)
+            report.rows.append(theirs)
+
+
+def _taskloom_get(spec: SchedulerSpec, workers: int) -> Get:
+    get = spec.get
+
+    def run(graph: dict[Any, Any], out: Any) -> Any:
+        return get(graph, [out], num_workers=workers)[0]
+
+    return run
+
+
+def _measure(row: Row, get: Get, graph: dict[Any, Any], out: Any, expected: Any, repeat: int) -> None:
+    """Fill ``row``: best wall time, result, then the tracemalloc peak of one more run."""
+    label = f"{row.scheduler}" if row.engine == "taskloom" else f"{row.scheduler} (dask)"
+    try:
+        row.wall_s, row.result = _best_time(lambda: get(graph, out), repeat)
+        if row.result != expected:
+            raise AssertionError(f"wrong result {row.result!r}, expected {expected!r}")
+        row.peak_bytes = _peak_bytes(lambda: get(graph, out))
+    except Exception as exc:
+        row.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        print(f"  {label:<28} ERROR {row.error}", flush=True)
+        return
+    print(
+        f"  {label:<28} {row.us_per_task:8.2f} µs/task  {row.overhead_us_per_task:8.2f} overhead"
+        f"  {row.bytes_per_task:8,.0f} B/task",
+        flush=True,
+    )
+
+
+def _best_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """The best wall time of ``repeat`` calls of ``fn`` (a full collection before each) and its result."""
+    best = float("inf")
+    result = None
+    for _ in range(repeat):
+        result = None
+        gc.collect()
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def _peak_bytes(fn: Callable[[], Any]) -> int:
+    """The tracemalloc peak of one call of ``fn``: what it allocates above what already exists."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _dask_counterparts(
+    specs: dict[str, SchedulerSpec], workers: int, stack: ExitStack, report: Report
+) -> dict[str, tuple[str, Get]]:
+    """For each taskloom scheduler with a Dask equivalent: (Dask's name, a get running the same graph)."""
+    try:
+        import dask.local
+        import dask.threaded
+    except ImportError as exc:
+        report.notes.append(f"--compare dask: dask is not importable ({exc}); Dask not measured")
+        print(f"note: {report.notes[-1]}", file=sys.stderr)
+        return {}
+    out: dict[str, tuple[str, Get]] = {}
+    if "sync" in specs:
+        out["sync"] = ("dask.local.get_sync", lambda g, k: dask.local.get_sync(g, k))
+    if "threads" in specs:
+        out["threads"] = ("dask.threaded.get", lambda g, k: dask.threaded.get(g, k, num_workers=workers))
+    if "processes" in specs:
+        out["processes"] = ("dask.multiprocessing.get", _dask_processes(workers, stack, report))
+    return out
+
+
+def _dask_processes(workers: int, stack: ExitStack, report: Report) -> Get:
+    import dask.multiprocessing
+
+    pool = stack.enter_context(_process_pool(workers))
+    report.notes.append(
+        "dask.multiprocessing.get runs on one reused process pool (by default it starts a new pool "
+        "per call) with optimize_graph=False, so both sides run the same tasks on warm workers"
+    )
+
+    def run(graph: dict[Any, Any], out: Any) -> Any:
+        return dask.multiprocessing.get(graph, out, pool=pool, optimize_graph=False)
+
+    return run
+
+
+@contextmanager
+def _process_pool(workers: int) -> Iterator[Executor]:
+    from concurrent.futures import ProcessPoolExecutor
+
+    import dask.multiprocessing
+
+    pool = ProcessPoolExecutor(workers, mp_context=dask.multiprocessing.get_context())
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _dask_version() -> str | None:
+    try:
+        import dask
+    except ImportError:
+        return None
+    return str(dask.__version__)
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The ``taskloom bench`` command that reproduces this run."""
+    parts = ["taskloom", "bench"]
+    for name in args.scheduler or ():
+        parts += ["--scheduler", name]
+    for name in args.workload or ():
+        parts += ["--workload", name]
+    if args.repeat != 5:
+        parts += ["--repeat", str(args.repeat)]
+    if args.num_workers:
+        parts += ["--num-workers", str(args.num_workers)]
+    if args.compare:
+        parts += ["--compare", args.compare]
+    for flag in ("million", "quick"):
+        if getattr(args, flag):
+            parts.append(f"--{flag}")
+    for opt in ("json", "markdown"):
+        if getattr(args, opt):
+            parts += [f"--{opt}", getattr(args, opt)]
+    return shlex.join(parts)
