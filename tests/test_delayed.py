@@ -77,6 +77,13 @@ def test_decorator_forms() -> None:
     assert taskloom.compute(double(2), triple(2)) == (4, 6)
 
 
+def test_delayed_none_with_options_wraps_the_value() -> None:
+    # delayed(None, ...) is a value like any other, not the decorator-with-options form
+    assert isinstance(delayed(None, name="nothing"), Delayed)
+    assert delayed(None, name="nothing").key == "nothing"
+    assert delayed(None, pure=True).compute() is None
+
+
 def test_delayed_of_delayed_is_itself() -> None:
     x = delayed(inc)(1)
     assert delayed(x) is x

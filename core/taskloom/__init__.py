@@ -22,6 +22,11 @@ from .graph import Task as Task
 from .plugins import SchedulerSpec as SchedulerSpec
 from .plugins import hookimpl as hookimpl
 from .plugins import schedulers as schedulers
+from .serialize import Serializer as Serializer
+from .worker import WorkerPlugin as WorkerPlugin
+from .worker import get_worker as get_worker
+from .worker import register_worker_plugin as register_worker_plugin
+from .worker import unregister_worker_plugin as unregister_worker_plugin
 
 config.set_defaults_provider(_plugins.config_defaults)  # wiring only: nothing is loaded yet
 
@@ -39,14 +44,19 @@ __all__ = [
     "Ref",
     "SchedulerNotFoundError",
     "SchedulerSpec",
+    "Serializer",
     "Task",
     "TaskloomError",
+    "WorkerPlugin",
     "compute",
     "config",
     "delayed",
     "get",
+    "get_worker",
     "hookimpl",
     "is_collection",
     "persist",
+    "register_worker_plugin",
     "schedulers",
+    "unregister_worker_plugin",
 ]

@@ -238,8 +238,11 @@ class DelayedFunction:
         return (DelayedFunction, (self.func, self.pure, self.name, self.nout))
 
 
+_NO_OBJECT: Any = object()
+
+
 def delayed(
-    obj: Any = None, *, pure: bool = False, name: str | None = None, nout: int | None = None
+    obj: Any = _NO_OBJECT, *, pure: bool = False, name: str | None = None, nout: int | None = None
 ) -> Any:
     """Wrap a function so calls record tasks, or a value so it becomes part of a graph.
 
@@ -249,13 +252,13 @@ def delayed(
     * ``delayed(value, name="k")``: a ``Delayed`` holding ``value`` (under key ``k`` if given);
       Delayed objects inside lists, tuples, dicts and sets are computed first.
     """
-    if obj is None and (name is not None or pure or nout is not None):
+    if obj is _NO_OBJECT:  # @delayed(pure=True): options first, the function next
         return functools.partial(delayed, pure=pure, name=name, nout=nout)
     if isinstance(obj, Delayed):
         return obj
     if isinstance(obj, DelayedFunction):
         return obj if (pure, name, nout) == (False, None, None) else DelayedFunction(obj.func, pure, name, nout)
-    if callable(obj) and not isinstance(obj, type(None)):
+    if callable(obj):
         return DelayedFunction(obj, pure, name, nout)
     deps: list[Delayed] = []
     value = _unpack(obj, deps)

@@ -57,7 +57,7 @@ class Placement:
         """
         best, best_bytes = -1, 0
         scores: dict[int, int] | None = None
-        for dep in deps:
+        for dep in deps if held_bytes else ():
             n = held_bytes.get(dep)
             if n:
                 if scores is None:

@@ -20,6 +20,9 @@ from typing import Any
 from taskloom.serialize import Frames, deserialize, frames_nbytes, serialize
 
 
+OUT_OF_BAND_BYTES = 64 * 1024
+
+
 class Payload:
     """A serialized value: the serializer's name and its frames."""
 
@@ -38,7 +41,9 @@ class Payload:
         return deserialize(self.name, self.frames)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Payload, (self.name, [pickle.PickleBuffer(f) for f in self.frames]))
+        # large frames travel out of band (written from their own memory); small ones in band
+        frames = [pickle.PickleBuffer(f) if memoryview(f).nbytes > OUT_OF_BAND_BYTES else f for f in self.frames]
+        return (Payload, (self.name, frames))
 
 
 def _dumps(body: Any, by_value: bool) -> tuple[bytes, list[pickle.PickleBuffer]]:

@@ -157,8 +157,7 @@ class _Compute:
             return  # a late message from a cancelled compute
         widx = self.workers.index(w)
         if kind == "done":
-            for key, status, data, t0, t1 in body:
-                self._finished(widx, w, key, status, data, t0, t1)
+            self._finished(widx, w, body)
         elif kind == "data":
             for key, payload, problem in body:
                 if payload is None:
@@ -174,39 +173,53 @@ class _Compute:
                 f"{type_name}: {message}"
             )
 
-    def _finished(self, widx: int, w: WorkerProcess, key: Key, status: str, data: Any, t0: float, t1: float) -> None:
-        if w.inflight and w.inflight[0] == key:
-            w.inflight.popleft()
-        else:
-            w.inflight.remove(key)
-        self.loads[widx] -= 1
+    def _finished(self, widx: int, w: WorkerProcess, results: list[tuple[Any, ...]]) -> None:
+        """A batch of completions from worker ``widx``: record, release, report."""
+        inflight = w.inflight
+        ev = self.events
+        observed = ev.active
+        state = self.state
+        index, assigned, cache, held, who_has = self.index, self.assigned, self.cache, self.held, self.who_has
+        placement = self.placement
+        released = state.released
+        self.loads[widx] -= len(results)
+        for key, status, data, t0, t1 in results:
+            if inflight[0] == key:
+                inflight.popleft()
+            else:
+                inflight.remove(key)
+            if status == "error" or status == "unpicklable":
+                self._failed(w, key, status, data, t1 - t0)
+            if observed:
+                if ev.start is not None:
+                    ev.start(key=key, worker=w.name)
+                if ev.finish is not None:
+                    ev.finish(key=key, worker=w.name, duration=t1 - t0, error=None)
+            placement.observe(t1 - t0)
+            del assigned[key]
+            who_has[key].add(widx)
+            if status == "held":
+                held[key] = data
+            else:  # "value" (plain, as is) or "inline" (a Payload)
+                cache[key] = data
+            state.finish(index[key], None)
+            if released:
+                self._release(released)
+                released.clear()
+
+    def _failed(self, w: WorkerProcess, key: Key, status: str, data: Any, duration: float) -> NoReturn:
         ev = self.events
         if ev.start is not None:
             ev.start(key=key, worker=w.name)
-        if status == "error":
-            exc = unpack_error(data, key, w.name)
-            if ev.finish is not None:
-                ev.finish(key=key, worker=w.name, duration=t1 - t0, error=exc)
-            raise exc
         if status == "unpicklable":
-            raise SerializationError(
+            exc: BaseException = SerializationError(
                 f"the result of task {key!r} cannot be sent from worker process {w.name}: {data}"
             )
-        if ev.finish is not None:
-            ev.finish(key=key, worker=w.name, duration=t1 - t0, error=None)
-        self.placement.observe(t1 - t0)
-        del self.assigned[key]
-        self.who_has[key].add(widx)
-        if status == "inline":
-            self.cache[key] = data
         else:
-            self.held[key] = data
-        state = self.state
-        state.finish(self.index[key], None)
-        released = state.released
-        if released:
-            self._release(released)
-            released.clear()
+            exc = unpack_error(data, key, w.name)
+        if ev.finish is not None:
+            ev.finish(key=key, worker=w.name, duration=duration, error=exc)
+        raise exc
 
     def _release(self, keys: list[Key]) -> None:
         """Drop finished intermediates here; workers are told in one message before the next wait."""
@@ -280,25 +293,29 @@ class _Compute:
         chain or a subtree runs without a round trip per task.
         """
         state = self.state
-        plan_ = state.plan
-        order, tasks = plan_.order, plan_.tasks
+        order, tasks = state.plan.order, state.plan.tasks
+        waiting, claimed, dependents = state.waiting, state.claimed, state.dependents
+        assigned, who_has, cache = self.assigned, self.who_has, self.cache
+        loads = self.loads
         limit = 2 * self.placement.depth
         stack = [i]
         while stack:
-            for j in state.dependents[stack.pop()]:
-                if self.loads[widx] >= limit:
+            for j in dependents[stack.pop()]:
+                n = waiting[j]
+                if n == 0 or n > _FOLLOW_MAX_DEPS or j in claimed:
+                    continue  # ready already, or a many-input task (a reduction) that waits its turn
+                if loads[widx] >= limit:
                     return
-                if state.waiting[j] > _FOLLOW_MAX_DEPS or j in state.claimed or state.waiting[j] == 0:
-                    continue  # a many-input task (a reduction over everything) waits its turn
                 key = order[j]
-                if all(self._available_on(d, widx) for d in tasks[key].dependencies):
+                for d in tasks[key].dependencies:
+                    if assigned.get(d) != widx and d not in cache and widx not in who_has.get(d, ()):
+                        break
+                else:
                     state.claim(j)
-                    self._assign(widx, j, key)
+                    loads[widx] += 1
+                    assigned[key] = widx
                     batch.append(j)
                     stack.append(j)
-
-    def _available_on(self, key: Key, widx: int) -> bool:
-        return self.assigned.get(key) == widx or widx in self.who_has.get(key, ()) or key in self.cache
 
     def _fetch(self, key: Key) -> None:
         if key in self.fetching:

@@ -22,6 +22,7 @@ from typing import Any
 from .protocol import Payload, decode, pack_error, recv_raw, send
 
 INLINE_BYTES = 64 * 1024  # results up to this size travel back with the completion message
+_PLAIN = frozenset({int, float, bool, complex, type(None)})
 FLUSH_SECONDS = 0.002
 
 
@@ -140,8 +141,11 @@ def _run_batch(
         store[key] = value
         if transitions:
             runtime.transition(key, "executing", "memory")
-        hint = _size_hint(value)
-        if hint is not None and hint > INLINE_BYTES:
+        t = type(value)
+        hint = None if t in _PLAIN or t is str else _size_hint(value)
+        if t in _PLAIN or (t is str and len(value) < INLINE_BYTES):
+            results.append((key, "value", value, t0, t1))  # travels in the message itself
+        elif hint is not None and hint > INLINE_BYTES:
             results.append((key, "held", hint, t0, t1))
         else:
             try:
