@@ -16,7 +16,11 @@ except ImportError:  # child processes are then not checked
     psutil = None
 
 # Long-lived helpers that multiprocessing starts once per process, and that shared pools keep.
-_HELPER_COMMANDS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+_HELPER_COMMANDS = (
+    "multiprocessing.resource_tracker",
+    "multiprocessing.forkserver",
+    "loky.backend.resource_tracker",
+)
 _POOL_PROCESS_PREFIX = "taskloom-"
 
 

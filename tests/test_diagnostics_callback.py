@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -31,8 +32,16 @@ def no_callback_left_behind() -> Iterator[None]:
 
 
 @pytest.fixture(params=SCHEDULERS)
-def scheduler(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def scheduler(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The scheduler's name, set up as its ``SchedulerSpec.setup`` says (options via config)."""
+    name = str(request.param)
+    spec = taskloom.schedulers()[name]
+    with ExitStack() as stack:
+        if spec.setup is not None:
+            options = stack.enter_context(spec.setup())
+            if options:
+                stack.enter_context(taskloom.config.set(options))
+        yield name
 
 
 class Recorder(Callback):
@@ -210,12 +219,12 @@ def test_register_and_unregister_globally() -> None:
     rec.register()
     try:
         assert hook_has_impls("taskloom_task_start")
-        taskloom.get(make_graph(), "b", scheduler=SCHEDULERS[0])
+        taskloom.get(make_graph(), "b", scheduler="sync")
         assert len(rec.of("task_start")) == 1
     finally:
         rec.unregister()
     assert not hook_has_impls("taskloom_task_start")
-    taskloom.get(make_graph(), "b", scheduler=SCHEDULERS[0])
+    taskloom.get(make_graph(), "b", scheduler="sync")
     assert len(rec.of("task_start")) == 1  # nothing more once unregistered
     rec.unregister()  # a second unregister does nothing
 
@@ -224,7 +233,7 @@ def test_a_callback_is_reusable_after_it_exits() -> None:
     rec = Recorder()
     for _ in range(2):
         with rec:
-            taskloom.get(make_graph(), "b", scheduler=SCHEDULERS[0])
+            taskloom.get(make_graph(), "b", scheduler="sync")
     assert len(rec.of("task_start")) == 2
 
 
@@ -267,7 +276,7 @@ def test_a_subclass_need_not_call_init() -> None:
             self.keys.append(key)
 
     with Plain() as cb:
-        taskloom.get(make_graph(), "b", scheduler=SCHEDULERS[0])
+        taskloom.get(make_graph(), "b", scheduler="sync")
     assert cb.keys == ["b"]
 
 

@@ -43,7 +43,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 @hookimpl
-def taskloom_cli(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def taskloom_cli(commands: argparse._SubParsersAction) -> None:
     cfg = commands.add_parser("config", help="print the merged configuration and each value's source")
     cfg.set_defaults(func=_run_config)
     plugins = commands.add_parser("plugins", help="list installed plugins and what they provide")

@@ -64,7 +64,7 @@ def _funcname(func: Any) -> str:
 class Delayed:
     """A value that will exist once its task graph is computed."""
 
-    __slots__ = ("_key", "_task", "_deps", "_length", "__weakref__")
+    __slots__ = ("__weakref__", "_deps", "_key", "_length", "_task")
 
     def __init__(self, key: Key, task: Any, deps: tuple[Delayed, ...] = (), length: int | None = None):
         self._key = key
@@ -178,6 +178,7 @@ def _bind_operator(op: Callable[..., Any], reflected: bool = False) -> Callable[
     return method
 
 
+_op: Callable[..., Any]
 for _op in (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.mod,
     operator.pow, operator.matmul, operator.and_, operator.or_, operator.xor, operator.lshift,
@@ -214,7 +215,7 @@ def _call(
 class DelayedFunction:
     """A function whose calls record tasks: ``delayed(func)``."""
 
-    __slots__ = ("func", "pure", "name", "nout", "__dict__")
+    __slots__ = ("__dict__", "func", "name", "nout", "pure")
 
     def __init__(self, func: Callable[..., Any], pure: bool, name: str | None, nout: int | None):
         self.func = func
@@ -257,11 +258,14 @@ def delayed(
     if isinstance(obj, Delayed):
         return obj
     if isinstance(obj, DelayedFunction):
-        return obj if (pure, name, nout) == (False, None, None) else DelayedFunction(obj.func, pure, name, nout)
+        if (pure, name, nout) == (False, None, None):
+            return obj
+        return DelayedFunction(obj.func, pure, name, nout)
     if callable(obj):
         return DelayedFunction(obj, pure, name, nout)
     deps: list[Delayed] = []
     value = _unpack(obj, deps)
-    key = name if name is not None else f"{type(obj).__name__.lower()}-{tokenize(obj) if pure else uuid.uuid4().hex}"
+    token = tokenize(obj) if pure else uuid.uuid4().hex
+    key = name if name is not None else f"{type(obj).__name__.lower()}-{token}"
     unique = tuple({id(d): d for d in deps}.values())
     return Delayed(key, Task(_identity, value), unique, nout)

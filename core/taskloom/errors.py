@@ -26,6 +26,9 @@ class CycleError(GraphError):
         path = " -> ".join(repr(k) for k in [*self.keys, self.keys[0]])
         super().__init__(f"the graph has a cycle: {path}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.keys,))
+
 
 class MissingDependencyError(GraphError, KeyError):
     """A task refers to a key that is not in the graph."""
@@ -34,6 +37,9 @@ class MissingDependencyError(GraphError, KeyError):
         self.key = key
         self.dependent = dependent
         super().__init__(f"task {dependent!r} depends on {key!r}, which is not in the graph")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self.dependent))
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
@@ -47,6 +53,9 @@ class KeysNotFoundError(GraphError, KeyError):
         shown = ", ".join(repr(k) for k in self.keys[:10])
         more = f" (and {len(self.keys) - 10} more)" if len(self.keys) > 10 else ""
         super().__init__(f"requested keys not in the graph: {shown}{more}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.keys,))
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -68,6 +77,8 @@ class WorkerPluginError(PluginError):
         self.worker = worker
         self.error = error
         super().__init__(
-            f"worker plugin {name!r} failed to set up on worker {worker!r}: "
-            f"{type(error).__name__}: {error}"
+            f"worker plugin {name!r} failed to set up on worker {worker!r}: {type(error).__name__}: {error}"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.worker, self.error))

@@ -22,11 +22,11 @@ references only.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any, Union
+from typing import Any
 
 from .errors import CycleError
 
-Key = Union[str, bytes, int, float, tuple[Any, ...]]
+Key = str | bytes | int | float | tuple[Any, ...]
 """A graph key: ``str``, ``bytes``, ``int``, ``float`` or a tuple of these."""
 
 _ATOMIC: frozenset[type] = frozenset({int, float, str, bytes, bool, complex, type(None)})
@@ -102,7 +102,7 @@ class Task:
     a mapping of those keys to values runs it.
     """
 
-    __slots__ = ("func", "args", "kwargs", "dependencies", "_refs")
+    __slots__ = ("_refs", "args", "dependencies", "func", "kwargs")
 
     func: Callable[..., Any]
     args: tuple[Any, ...]
@@ -192,7 +192,7 @@ class _TupleTask(Task):
     def __eq__(self, other: object) -> bool:
         return self._as_task() == other
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return self._as_task().__reduce__()

@@ -73,7 +73,7 @@ def taskloom_config_defaults() -> Mapping[str, Any]:
 
 
 @hookspec
-def taskloom_cli(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def taskloom_cli(commands: argparse._SubParsersAction) -> None:
     """Add subcommands to the ``taskloom`` command.
 
     :param commands: the ``argparse`` sub-parser collection; call

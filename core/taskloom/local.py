@@ -146,8 +146,16 @@ class ExecutionState:
     """
 
     __slots__ = (
-        "plan", "data", "ready", "waiting", "dependents", "remaining", "running", "error", "released",
         "claimed",
+        "data",
+        "dependents",
+        "error",
+        "plan",
+        "ready",
+        "released",
+        "remaining",
+        "running",
+        "waiting",
     )  # fmt: skip
 
     def __init__(self, plan: Plan) -> None:

@@ -15,7 +15,8 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import attrs
@@ -50,6 +51,10 @@ class PluginWarning(UserWarning):
     """A plugin could not be loaded or misbehaved; the others keep working."""
 
 
+def _to_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
 @attrs.frozen
 class SchedulerSpec:
     """A scheduler a plugin provides.
@@ -60,9 +65,12 @@ class SchedulerSpec:
 
     name: str
     get: Callable[..., list[Any]]
-    aliases: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    aliases: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple)
     description: str = ""
     distribution: str = ""
+    setup: Callable[[], AbstractContextManager[dict[str, Any]]] | None = None
+    """For tests and benchmarks: a context manager that prepares what the scheduler needs (an
+    executor, a cluster) and yields the keyword arguments to compute with; None: nothing."""
 
 
 @attrs.frozen

@@ -32,6 +32,10 @@ class SerializationError(TaskloomError, TypeError):
     """A value could not be serialized or deserialized; names the value's type."""
 
 
+def _types(values: Sequence[type]) -> tuple[type, ...]:
+    return tuple(values)
+
+
 @attrs.frozen
 class Serializer:
     """A way to turn values into frames and back.
@@ -43,7 +47,7 @@ class Serializer:
     name: str
     dumps: Callable[[Any], Frames]
     loads: Callable[[Sequence[Any]], Any]
-    types: tuple[type, ...] = attrs.field(default=(), converter=tuple)
+    types: tuple[type, ...] = attrs.field(default=(), converter=_types)
 
 
 def pickle_dumps(obj: Any) -> Frames:
@@ -72,6 +76,7 @@ CLOUDPICKLE = Serializer("cloudpickle", cloudpickle_dumps, pickle_loads)
 _lock = threading.Lock()
 _registry: dict[str, Serializer] | None = None
 _by_type: dict[type, Serializer | None] = {}
+_version = 0
 
 
 def serializers() -> dict[str, Serializer]:
@@ -96,10 +101,26 @@ def serializers() -> dict[str, Serializer]:
 
 def reset() -> None:
     """Forget the registry; it is rebuilt from the plugins on next use."""
-    global _registry
+    global _registry, _version
     with _lock:
         _registry = None
         _by_type.clear()
+        _version += 1
+
+
+def registry_version() -> int:
+    """A number that changes whenever the registry is reset (for backends that copy it)."""
+    return _version
+
+
+def custom_serializers() -> list[Serializer]:
+    """The registered serializers other than the built-in pickle and cloudpickle."""
+    return [s for s in serializers().values() if s not in (PICKLE, CLOUDPICKLE)]
+
+
+def custom_for(value: Any) -> Serializer | None:
+    """The plugin serializer registered for ``value``'s type, if any."""
+    return _for_type(type(value))
 
 
 def get_serializer(name: str) -> Serializer:
@@ -138,7 +159,7 @@ def serialize(obj: Any, name: str | None = None) -> tuple[str, Frames]:
         chosen = get_serializer(name)
     try:
         return chosen.name, chosen.dumps(obj)
-    except Exception as exc:
+    except Exception:
         if chosen.name == "pickle" and name is None:
             try:
                 return CLOUDPICKLE.name, CLOUDPICKLE.dumps(obj)

@@ -26,7 +26,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any
 
 from .. import config
@@ -35,12 +35,12 @@ from ..plugins import SchedulerSpec, get_scheduler_spec, schedulers
 from .report import Report, Row, format_machine, format_markdown, format_text, machine_info, write_text
 from .workloads import MILLION, STANDARD, Workload, direct
 
-# Schedulers that run only when the user has configured what they run on: name -> config key.
-_NEEDS_CONFIG = {"pool": "pool"}
 _MILLION_SCHEDULERS = ("sync", "threads")
 _MILLION_MAX_REPEAT = 3
 
 Get = Callable[[dict[Any, Any], Any], Any]
+Setup = Callable[[int], AbstractContextManager[dict[str, Any]]]
+"""What a scheduler needs around its runs: given the worker count, a context giving extra get() kwargs."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +89,7 @@ def run_cli(args: argparse.Namespace) -> int:
     repeat = 1 if args.quick else args.repeat
     settings = {"repeat": repeat, "num_workers": workers, "quick": bool(args.quick)}
     report = Report(command=_command_line(args), machine=machine, settings=settings)
-    specs = _runnable(chosen, report)
+    specs = _runnable(chosen, bool(args.scheduler), report)
     with ExitStack() as stack:
         dask_gets: dict[str, tuple[str, Get]] = {}
         if args.compare == "dask":
@@ -131,25 +131,72 @@ def _choose_schedulers(names: list[str] | None) -> dict[str, SchedulerSpec]:
     return chosen
 
 
-def _runnable(chosen: dict[str, SchedulerSpec], report: Report) -> dict[str, SchedulerSpec]:
-    """``chosen`` minus the schedulers that need configuration nobody gave (noted in the report)."""
+class _Skip(Exception):
+    """The scheduler cannot run here as things stand; the message says why."""
+
+
+def _pool_setup(explicit: bool) -> Setup:
+    if config.get("pool", None) is None:
+        raise _Skip("it runs on a configured executor and 'pool' is not set (config.set(pool=...))")
+    return lambda workers: nullcontext({})
+
+
+def _dask_cluster_setup(explicit: bool) -> Setup:
+    if not explicit:
+        raise _Skip(
+            "it runs on a dask.distributed cluster (milliseconds per task); choose it with "
+            "--scheduler dask and the bench starts an in-process LocalCluster for it"
+        )
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise _Skip("it needs dask.distributed, which is not installed") from None
+    return _local_cluster
+
+
+@contextmanager
+def _local_cluster(workers: int) -> Iterator[dict[str, Any]]:
+    """An in-process dask.distributed cluster: one worker with ``workers`` threads."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=workers, processes=False, dashboard_address=None) as c,
+        Client(c) as client,
+    ):
+        yield {"client": client}
+
+
+# Schedulers that need something set up around their runs; the factory raises _Skip if it cannot
+# be (``explicit``: the user chose the scheduler with --scheduler).
+_SETUPS: dict[str, Callable[[bool], Setup]] = {"pool": _pool_setup, "dask": _dask_cluster_setup}
+
+
+def _runnable(
+    chosen: dict[str, SchedulerSpec], explicit: bool, report: Report
+) -> dict[str, tuple[SchedulerSpec, Setup]]:
+    """The chosen schedulers that can run, each with its setup; the others are noted as skipped."""
     out = {}
     for name, spec in chosen.items():
-        key = _NEEDS_CONFIG.get(name)
-        if key is not None and config.get(key, None) is None:
-            why = f"it runs on a configured executor and {key!r} is not set (config.set({key}=...))"
-            report.skipped[name] = why
+        factory = _SETUPS.get(name)
+        try:
+            setup = factory(explicit) if factory is not None else _no_setup
+        except _Skip as why:
+            report.skipped[name] = str(why)
             report.notes.append(f"scheduler {name!r} skipped: {why}")
             continue
-        out[name] = spec
+        out[name] = (spec, setup)
     return out
+
+
+def _no_setup(workers: int) -> AbstractContextManager[dict[str, Any]]:
+    return nullcontext({})
 
 
 def _bench_workload(
     report: Report,
     w: Workload,
     size: int,
-    specs: dict[str, SchedulerSpec],
+    specs: dict[str, tuple[SchedulerSpec, Setup]],
     dask_gets: dict[str, tuple[str, Get]],
     workers: int,
     repeat: int,
@@ -162,9 +209,14 @@ def _bench_workload(
     baseline_s, expected = _best_time(calls, repeat)
     del calls
     print(f"  {'direct calls':<28} {baseline_s / tasks * 1e6:8.2f} µs/task", flush=True)
-    for name, spec in specs.items():
+    for name, (spec, setup) in specs.items():
         row = Row(w.name, name, "taskloom", tasks, baseline_s=baseline_s, repeat=repeat)
-        _measure(row, _taskloom_get(spec, workers), graph, out, expected, repeat)
+        try:
+            with setup(workers) as kwargs:
+                _measure(row, _taskloom_get(spec, workers, kwargs), graph, out, expected, repeat)
+        except Exception as exc:  # the setup itself failed
+            row.error = _describe(exc)
+            print(f"  {name:<28} ERROR {row.error}", flush=True)
         report.rows.append(row)
         if name in dask_gets:
             label, get = dask_gets[name]
@@ -173,11 +225,12 @@ def _bench_workload(
             report.rows.append(theirs)
 
 
-def _taskloom_get(spec: SchedulerSpec, workers: int) -> Get:
+def _taskloom_get(spec: SchedulerSpec, workers: int, kwargs: dict[str, Any]) -> Get:
     get = spec.get
+    kwargs = {"num_workers": workers, **kwargs}
 
     def run(graph: dict[Any, Any], out: Any) -> Any:
-        return get(graph, [out], num_workers=workers)[0]
+        return get(graph, [out], **kwargs)[0]
 
     return run
 
@@ -191,7 +244,7 @@ def _measure(row: Row, get: Get, graph: dict[Any, Any], out: Any, expected: Any,
             raise AssertionError(f"wrong result {row.result!r}, expected {expected!r}")
         row.peak_bytes = _peak_bytes(lambda: get(graph, out))
     except Exception as exc:
-        row.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        row.error = _describe(exc)
         print(f"  {label:<28} ERROR {row.error}", flush=True)
         return
     print(
@@ -199,6 +252,10 @@ def _measure(row: Row, get: Get, graph: dict[Any, Any], out: Any, expected: Any,
         f"  {row.bytes_per_task:8,.0f} B/task",
         flush=True,
     )
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
 
 
 def _best_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
@@ -226,7 +283,7 @@ def _peak_bytes(fn: Callable[[], Any]) -> int:
 
 
 def _dask_counterparts(
-    specs: dict[str, SchedulerSpec], workers: int, stack: ExitStack, report: Report
+    specs: dict[str, Any], workers: int, stack: ExitStack, report: Report
 ) -> dict[str, tuple[str, Get]]:
     """For each taskloom scheduler with a Dask equivalent: (Dask's name, a get running the same graph)."""
     try:

@@ -28,7 +28,7 @@ class WorkerProcess:
         self.name = name
         self.pid = proc.pid
         self.inflight: deque[Any] = deque()  # keys sent and not yet reported, in run order
-        self.plugin_version = -1
+        self.plugin_version: Any = None
         self.funcs_sent: set[int] = set()  # ids of functions this worker has for the current compute
         self.alive = True
 
@@ -66,7 +66,7 @@ class ProcessPool:
         if size < 1:
             raise ValueError(f"num_workers must be at least 1, got {size}")
         self.size = size
-        self.context = multiprocessing.get_context(context)
+        self.context: Any = multiprocessing.get_context(context)
         self.lock = threading.RLock()
         self.workers: list[WorkerProcess] = []
         self._counter = 0
@@ -82,12 +82,20 @@ class ProcessPool:
         self.workers = [w for w in self.workers if w.alive]
         starting = [self._spawn() for _ in range(self.size - len(self.workers))]
         for w in starting:
-            if not w.conn.poll(START_TIMEOUT):
-                w.kill()
-                raise RuntimeError(f"worker process {w.name} did not start within {START_TIMEOUT:.0f} s")
-            msg = recv(w.conn)
-            if msg[0] != "ready":
-                raise RuntimeError(f"worker process {w.name} sent {msg!r} instead of ready")
+            try:
+                if not w.conn.poll(START_TIMEOUT):
+                    raise RuntimeError(f"worker process {w.name} did not start within {START_TIMEOUT:.0f} s")
+                msg = recv(w.conn)
+                if msg[0] != "ready":
+                    raise RuntimeError(f"worker process {w.name} sent {msg!r} instead of ready")
+            except (EOFError, OSError, RuntimeError) as exc:
+                reason = w.exit_reason() if isinstance(exc, (EOFError, OSError)) else str(exc)
+                for other in starting:
+                    other.kill()
+                raise RuntimeError(
+                    f"worker process {w.name} failed to start ({reason}). With the spawn start "
+                    'method, a script must create work under `if __name__ == "__main__":`'
+                ) from None
         self.workers.extend(starting)
         return self.workers
 

@@ -19,14 +19,13 @@ from typing import Any
 
 from taskloom.serialize import Frames, deserialize, frames_nbytes, serialize
 
-
 OUT_OF_BAND_BYTES = 64 * 1024
 
 
 class Payload:
     """A serialized value: the serializer's name and its frames."""
 
-    __slots__ = ("name", "frames", "nbytes")
+    __slots__ = ("frames", "name", "nbytes")
 
     def __init__(self, name: str, frames: Frames) -> None:
         self.name = name
@@ -42,7 +41,9 @@ class Payload:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # large frames travel out of band (written from their own memory); small ones in band
-        frames = [pickle.PickleBuffer(f) if memoryview(f).nbytes > OUT_OF_BAND_BYTES else f for f in self.frames]
+        frames = [
+            pickle.PickleBuffer(f) if memoryview(f).nbytes > OUT_OF_BAND_BYTES else f for f in self.frames
+        ]
         return (Payload, (self.name, frames))
 
 
@@ -130,7 +131,9 @@ def unpack_error(packed: tuple[Any, str, str, str], key: Any, worker: str) -> Ba
     if exc is None:
         from taskloom.errors import TaskloomError
 
-        exc = TaskloomError(f"task {key!r} raised {type_name}: {message} (the exception could not be pickled)")
+        exc = TaskloomError(
+            f"task {key!r} raised {type_name}: {message} (the exception could not be pickled)"
+        )
     exc.__cause__ = RemoteTraceback(text)
     exc.add_note(f"taskloom: raised by task {key!r} in worker process {worker} (scheduler 'processes')")
     return exc

@@ -26,7 +26,7 @@ from taskloom.errors import TaskloomError, WorkerPluginError
 from taskloom.graph import Key, to_wire
 from taskloom.local import ExecutionState, TaskEvents, cpu_count, task_events
 from taskloom.order import plan
-from taskloom.serialize import SerializationError, describe
+from taskloom.serialize import SerializationError, custom_for, custom_serializers, describe, registry_version
 from taskloom.worker import worker_plugins
 
 from .placement import Placement
@@ -68,7 +68,10 @@ class _Compute:
         self.workers = pool.ensure_started()
         self.placement = Placement(len(self.workers))
         self.who_has: dict[Key, set[int]] = defaultdict(set)
-        self.cache: dict[Key, Any] = dict(state.plan.literals)  # small results (Payload) + literals
+        # small results (Payload) and literals; a literal a plugin serializer claims goes through it
+        self.cache: dict[Key, Any] = {
+            k: Payload.of(v) if custom_for(v) is not None else v for k, v in state.plan.literals.items()
+        }
         self.held: dict[Key, int] = {}  # sizes of results that live only in workers
         self.loads = [0] * len(self.workers)
         self.waiting: dict[Key, list[tuple[int, int]]] = defaultdict(list)  # dep -> (task i, worker)
@@ -95,8 +98,10 @@ class _Compute:
                     break
                 self._wait_and_handle()
             return self.outputs
-        except KeyboardInterrupt:
-            for w in self.workers:  # leave no worker busy with abandoned work
+        except BaseException:
+            # an error or Ctrl-C abandons the work queued in workers: stop those that are busy
+            # with it, so the next compute never waits behind it (they are replaced then)
+            for w in self.workers:
                 if w.inflight:
                     w.kill()
             raise
@@ -110,16 +115,21 @@ class _Compute:
                         w.kill()
 
     def _sync_plugins(self) -> None:
-        version, plugins = worker_plugins()
+        """Send workers the worker plugins and the plugin serializers, when they changed."""
+        plugin_version, plugins = worker_plugins()
+        version = (plugin_version, registry_version())
+        custom = None
         for w in self.workers:
             if w.plugin_version != version:
-                send(w.conn, "plugins", self.cid, (version, plugins), by_value=True)
+                if custom is None:
+                    custom = custom_serializers()
+                send(w.conn, "plugins", self.cid, (plugin_version, plugins, custom), by_value=True)
                 w.plugin_version = version
 
     def _wait_and_handle(self) -> None:
         self._flush_releases()
-        conns = {w.conn: w for w in self.workers if w.alive}
-        sentinels = {w.proc.sentinel: w for w in self.workers if w.alive}
+        conns: dict[Any, WorkerProcess] = {w.conn: w for w in self.workers if w.alive}
+        sentinels: dict[Any, WorkerProcess] = {w.proc.sentinel: w for w in self.workers if w.alive}
         for ready in wait([*conns, *sentinels]):
             if ready in conns:
                 w = conns[ready]
@@ -389,7 +399,10 @@ _MISSING: Any = object()
 
 def _plugin_error(packed: Any, w: WorkerProcess) -> BaseException:
     blob, _type_name, message, text = packed
-    exc = blob.load() if blob is not None else None
+    try:
+        exc = blob.load() if blob is not None else None
+    except Exception:
+        exc = None
     if isinstance(exc, WorkerPluginError):
         exc.__cause__ = RemoteTraceback(text)
         return exc

@@ -19,6 +19,8 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from taskloom.plugins import hookimpl
+
 from .protocol import Payload, decode, pack_error, recv_raw, send
 
 INLINE_BYTES = 64 * 1024  # results up to this size travel back with the completion message
@@ -85,14 +87,18 @@ def main(conn: Connection, name: str) -> None:
                 send(conn, "plugin-error", cid, plugin_error)
                 continue
             new_funcs, wire_tasks, inputs = body
-            for token, blob in new_funcs:
-                funcs[token] = pickle.loads(blob)
-            for key, value in inputs:
-                store[key] = value.load() if type(value) is Payload else value
-            tasks = [(key, from_wire(funcs[tok], *parts)) for key, tok, *parts in wire_tasks]
+            try:  # e.g. a function from a module this process cannot import
+                for token, blob in new_funcs:
+                    funcs[token] = pickle.loads(blob)
+                for key, value in inputs:
+                    store[key] = value.load() if type(value) is Payload else value
+                tasks = [(key, from_wire(funcs[tok], *parts)) for key, tok, *parts in wire_tasks]
+            except BaseException as exc:
+                send(conn, "undecodable", cid, pack_error(exc))
+                continue
             _run_batch(conn, cid, tasks, store, runtime, cancelled, describe, SerializationError)
         elif kind == "fetch":
-            out = []
+            out: list[tuple[Any, Payload | None, str | None]] = []
             for key in body:
                 try:
                     out.append((key, Payload.of(store[key]), None))
@@ -103,7 +109,8 @@ def main(conn: Connection, name: str) -> None:
             for key in body:
                 store.pop(key, None)
         elif kind == "plugins":
-            version, plugins = body
+            version, plugins, serializers = body
+            _use_serializers(serializers)
             try:
                 runtime.sync(version, plugins)
                 plugin_error = None
@@ -113,6 +120,28 @@ def main(conn: Connection, name: str) -> None:
             runtime.close()
             send(conn, "closed", 0, os.getpid())
             return
+
+
+class _ParentSerializers:
+    """The scheduler's plugin serializers (including ones registered at run time), here too."""
+
+    def __init__(self, serializers: list[Any]) -> None:
+        self.serializers = serializers
+
+    @hookimpl
+    def taskloom_serializers(self) -> list[Any]:
+        return self.serializers
+
+
+def _use_serializers(serializers: list[Any]) -> None:
+    from taskloom import plugins, serialize
+
+    name = "taskloom-processes:parent-serializers"
+    if plugins.get_plugin_manager().has_plugin(name):
+        plugins.unregister(name=name)
+    if serializers:
+        plugins.register(_ParentSerializers(serializers), name=name)
+    serialize.reset()
 
 
 def _run_batch(

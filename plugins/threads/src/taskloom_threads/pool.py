@@ -25,9 +25,9 @@ import threading
 import time
 from typing import Any
 
+from taskloom.errors import WorkerPluginError
 from taskloom.graph import Key, Task
 from taskloom.local import ExecutionState, TaskEvents, annotate
-from taskloom.errors import WorkerPluginError
 from taskloom.order import Plan
 from taskloom.worker import Worker, WorkerRuntime, registry_version, worker_plugins
 
@@ -40,7 +40,7 @@ _BATCH_BELOW = 50e-6  # seconds: tasks shorter than this on average are handed o
 
 
 class _Run:
-    __slots__ = ("state", "events", "done", "helped", "scheduler", "mean_duration")
+    __slots__ = ("done", "events", "helped", "mean_duration", "scheduler", "state")
 
     def __init__(self, state: ExecutionState, events: TaskEvents, scheduler: str) -> None:
         self.state = state
@@ -138,7 +138,8 @@ class ThreadPool:
             newly += state.finish(i)  # the value is in state.data already
         # exponentially weighted mean task duration decides whether batching pays
         mean = elapsed / len(done)
-        run.mean_duration = mean if run.mean_duration == float("inf") else 0.8 * run.mean_duration + 0.2 * mean
+        previous = run.mean_duration
+        run.mean_duration = mean if previous == float("inf") else 0.8 * previous + 0.2 * mean
         if state.remaining == 0:
             self._end(run)
         elif newly > 1:
@@ -174,7 +175,7 @@ class ThreadPool:
         data = run.state.data
         worker = runtime.worker.name
         transitions = runtime.observes_transitions
-        done = []
+        done: list[int] = []
         clock = time.perf_counter
         t_batch = clock()
         observed = events.active
@@ -184,14 +185,15 @@ class ThreadPool:
         refcount = run.state.plan.refcount
         uses: dict[Key, int] = {}
         for i, key, task in batch:
-            t0 = 0.0
+            t0 = clock() if observed else 0.0
+            ran = False
             try:  # hooks too: an exception from a callback fails the compute, never the thread
                 if transitions:
                     runtime.transition(key, "ready", "executing")
                 if observed and events.start is not None:
                     events.start(key=key, worker=worker)
-                t0 = clock() if observed else 0.0
-                value = data[key] = task(data)  # visible at once to tasks later in this batch
+                data[key] = task(data)  # visible at once to tasks later in this batch
+                ran = True
                 if observed and events.finish is not None:
                     events.finish(key=key, worker=worker, duration=clock() - t0, error=None)
                 if transitions:
@@ -207,7 +209,7 @@ class ThreadPool:
             except BaseException as exc:
                 annotate(exc, key, run.scheduler)
                 try:
-                    if events.finish is not None:
+                    if events.finish is not None and not ran:  # a failing finish hook is not re-told
                         events.finish(key=key, worker=worker, duration=clock() - t0, error=exc)
                     if transitions:
                         runtime.transition(key, "executing", "error")

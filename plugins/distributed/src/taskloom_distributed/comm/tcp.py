@@ -1,0 +1,315 @@
+"""TCP (and TLS) transport: length-prefixed frames read straight into their own buffers.
+
+Wire format of one message: an 8-byte little-endian frame count ``n``, ``n`` 8-byte frame
+lengths, then the frames.  The receiving side is an ``asyncio.BufferedProtocol``: each frame
+of a known length is read by the kernel directly into a ``bytearray`` of that length, so a large
+array is copied once (socket to its final buffer) and the buffer is writable.  Small headers are
+parsed from a reusable scratch buffer.  Sending writes each frame from its own memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import struct
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .messages import dumps, loads
+
+_U64 = struct.Struct("<Q")
+MAX_FRAMES = 1 << 20
+MAX_FRAME_BYTES = 1 << 40
+_SCRATCH = 1 << 16
+_BIG = 1 << 16  # frames larger than this are received in place
+_CHUNK = 1 << 18  # large frames are written in chunks, draining between them
+
+
+class CommClosedError(ConnectionError):
+    """The other side closed the connection (or it broke)."""
+
+
+class _FrameProtocol(asyncio.BufferedProtocol):
+    """Reassembles messages (lists of frames) from the byte stream.
+
+    Small data is received into a scratch buffer and parsed from there (several small messages
+    per system call); the remainder of a large frame is received straight into that frame's own
+    buffer.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._messages: deque[list[Any]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed: BaseException | None = None
+        self._buf = bytearray(_SCRATCH)
+        self._start = 0  # unparsed data is self._buf[self._start:self._end]
+        self._end = 0
+        self._lengths: list[int] | None = None  # of the message being received
+        self._frames: list[Any] = []
+        self._big: bytearray | None = None  # a large frame being received in place
+        self._big_have = 0
+        self._paused = False
+        self._drain_waiters: deque[asyncio.Future[None]] = deque()
+
+    # -- asyncio callbacks -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._big is not None:
+            return memoryview(self._big)[self._big_have :]
+        if self._end == len(self._buf):  # make room: move unparsed bytes to the front
+            pending = self._end - self._start
+            if self._start == 0:
+                self._buf.extend(bytes(len(self._buf)))
+            else:
+                self._buf[:pending] = self._buf[self._start : self._end]
+                self._start, self._end = 0, pending
+        return memoryview(self._buf)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._big is not None:
+            self._big_have += nbytes
+            if self._big_have == len(self._big):
+                self._frames.append(self._big)
+                self._big = None
+                self._complete_if_done()
+            return
+        self._end += nbytes
+        try:
+            self._parse()
+        except CommClosedError as exc:
+            self._fail(exc)
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _parse(self) -> None:
+        buf = self._buf
+        while True:
+            avail = self._end - self._start
+            if self._lengths is None:
+                if avail < 8:
+                    break
+                n = _U64.unpack_from(buf, self._start)[0]
+                if not 0 < n <= MAX_FRAMES:
+                    raise CommClosedError(f"malformed message: {n} frames")
+                if avail < 8 + 8 * n:
+                    break
+                self._lengths = list(struct.unpack_from(f"<{n}Q", buf, self._start + 8))
+                if any(x > MAX_FRAME_BYTES for x in self._lengths):
+                    raise CommClosedError("malformed message: frame too large")
+                self._start += 8 + 8 * n
+                self._frames = []
+                continue
+            size = self._lengths[len(self._frames)]
+            if size > _BIG:  # take what has arrived, receive the rest in place
+                frame = bytearray(size)
+                got = min(avail, size)
+                frame[:got] = buf[self._start : self._start + got]
+                self._start += got
+                if got < size:
+                    self._big, self._big_have = frame, got
+                    self._reset_if_empty()
+                    return
+                self._frames.append(frame)
+            elif avail >= size:
+                self._frames.append(bytes(buf[self._start : self._start + size]))
+                self._start += size
+            else:
+                break
+            self._complete_if_done()
+        self._reset_if_empty()
+
+    def _reset_if_empty(self) -> None:
+        if self._start == self._end:
+            self._start = self._end = 0
+            if len(self._buf) > 4 * _SCRATCH:
+                self._buf = bytearray(_SCRATCH)
+
+    def _complete_if_done(self) -> None:
+        if self._lengths is not None and len(self._frames) == len(self._lengths):
+            self._messages.append(self._frames)
+            self._lengths, self._frames = None, []
+            self._wake()
+
+    def eof_received(self) -> bool:
+        self._fail(CommClosedError("connection closed by the other side"))
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._fail(CommClosedError(f"connection lost: {exc}" if exc else "connection closed"))
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_exception(CommClosedError("connection closed"))
+        self._drain_waiters.clear()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        while self._drain_waiters:
+            w = self._drain_waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _fail(self, exc: BaseException) -> None:
+        if self._closed is None:
+            self._closed = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def read_frames(self) -> list[bytearray]:
+        while not self._messages:
+            if self._closed is not None:
+                raise CommClosedError(str(self._closed))
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._messages.popleft()
+
+    async def drain(self) -> None:
+        if self._closed is not None:
+            raise CommClosedError(str(self._closed))
+        if self._paused:
+            w = asyncio.get_running_loop().create_future()
+            self._drain_waiters.append(w)
+            await w
+
+
+class Comm:
+    """One connection: ``await read()`` a message, ``await write(msg)`` one; ``close()``."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: _FrameProtocol, peer: str) -> None:
+        self.transport = transport
+        self.protocol = protocol
+        self.peer = peer
+        host, port = transport.get_extra_info("sockname")[:2]
+        self.local = f"tcp://{host}:{port}"
+        self.unpickle = False  # set True once the peer has authenticated
+        self.peer_info: dict[str, Any] = {}
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.is_closing() or self.protocol._closed is not None
+
+    async def read_frames(self) -> list[bytearray]:
+        return await self.protocol.read_frames()
+
+    async def read(self) -> Any:
+        """The next message (pickled values are unpickled only once the peer has authenticated)."""
+        return loads(await self.protocol.read_frames(), unpickle=self.unpickle)
+
+    async def write_frames(self, frames: list[Any]) -> int:
+        header = _U64.pack(len(frames)) + struct.pack(
+            f"<{len(frames)}Q", *(memoryview(f).nbytes for f in frames)
+        )
+        async with self._write_lock:
+            if self.closed:
+                raise CommClosedError(f"connection to {self.peer} is closed")
+            small = [header]
+            for f in frames:
+                view = memoryview(f).cast("B")
+                if view.nbytes <= _CHUNK:
+                    small.append(view)
+                    continue
+                self.transport.write(b"".join(small))
+                small = []
+                # asyncio's write buffer copies and shifts what it cannot send at once: feed it
+                # bounded chunks so a large frame costs one copy, not a quadratic shuffle
+                for offset in range(0, view.nbytes, _CHUNK):
+                    self.transport.write(view[offset : offset + _CHUNK])
+                    await self.protocol.drain()
+            if small:
+                self.transport.write(b"".join(small))
+            await self.protocol.drain()
+        return sum(memoryview(f).nbytes for f in frames)
+
+    async def write(self, msg: Any) -> int:
+        return await self.write_frames(dumps(msg))
+
+    def close(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    def __repr__(self) -> str:
+        return f"<Comm {self.local} -> {self.peer}>"
+
+
+def parse_address(address: str, default_port: int = 8786) -> tuple[str, str, int]:
+    """``"tcp://host:port"``, ``"tls://host:port"`` or ``"host:port"`` -> (scheme, host, port)."""
+    scheme = "tcp"
+    if "://" in address:
+        scheme, address = address.split("://", 1)
+    if scheme not in ("tcp", "tls"):
+        raise ValueError(f"unsupported address scheme {scheme!r} in {address!r}; use tcp:// or tls://")
+    host, _, port = address.rpartition(":")
+    if not host:
+        host, port = port, str(default_port)
+    return scheme, host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def connect(address: str, ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0) -> Comm:
+    """Open a connection to ``address`` (no handshake: see :mod:`.handshake`)."""
+    scheme, host, port = parse_address(address)
+    if scheme == "tls" and ssl_context is None:
+        raise ValueError(f"{address} needs TLS: pass the client certificate settings (tls_ca_file, ...)")
+    loop = asyncio.get_running_loop()
+    try:
+        transport, protocol = await asyncio.wait_for(
+            loop.create_connection(_FrameProtocol, host, port, ssl=ssl_context if scheme == "tls" else None),
+            timeout,
+        )
+    except (TimeoutError, OSError) as exc:
+        raise OSError(f"could not connect to {address}: {exc}") from exc
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        import socket
+
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return Comm(transport, protocol, f"{scheme}://{host}:{port}")  # type: ignore[arg-type]
+
+
+async def listen(
+    host: str,
+    port: int,
+    handler: Callable[[Comm], Awaitable[None]],
+    ssl_context: ssl.SSLContext | None = None,
+) -> asyncio.Server:
+    """Serve connections on ``host:port`` (0: any free port); ``handler`` gets each new Comm."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> _FrameProtocol:
+        proto = _FrameProtocol()
+        original = proto.connection_made
+
+        def made(transport: asyncio.BaseTransport) -> None:
+            original(transport)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                import socket
+
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = transport.get_extra_info("peername")
+            comm = Comm(transport, proto, f"tcp://{peer[0]}:{peer[1]}")  # type: ignore[arg-type]
+            task = loop.create_task(handler(comm))
+            _handler_tasks.add(task)
+            task.add_done_callback(_handler_tasks.discard)
+
+        proto.connection_made = made  # type: ignore[method-assign]
+        return proto
+
+    return await loop.create_server(factory, host, port, ssl=ssl_context)
+
+
+_handler_tasks: set[asyncio.Task[None]] = set()

@@ -1,0 +1,1 @@
+"""The scheduler part of taskloom-distributed."""

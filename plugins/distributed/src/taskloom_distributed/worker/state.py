@@ -1,0 +1,155 @@
+"""The worker's decisions as a state machine: which task to run next, what to fetch from whom.
+
+Events: the scheduler asks for a task (``compute_task``), a dependency arrived from a peer
+(``fetched``) or could not be fetched (``fetch_failed``), a task finished (``executed``), keys
+were freed (``free``).  Each returns *instructions* for the server, which does the I/O:
+``("fetch", peer_address, [keys])``, ``("execute", key)`` and ``("send", message)``.  Ready
+tasks run highest priority first, at most ``nthreads`` at a time.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+import attrs
+
+Instructions = list[tuple[Any, ...]]
+
+
+@attrs.define(eq=False)
+class WorkerTask:
+    key: Any
+    spec: Any = None
+    priority: tuple[int, ...] = (0,)
+    state: str = "new"  # waiting | ready | executing | memory | fetch | flight | error
+    dependencies: set[Any] = attrs.Factory(set)
+    missing: set[Any] = attrs.Factory(set)
+    dependents: set[Any] = attrs.Factory(set)
+    who_has: list[str] = attrs.Factory(list)
+
+
+class WorkerState:
+    """What a worker holds, runs and fetches."""
+
+    def __init__(self, nthreads: int, address: str = "") -> None:
+        self.nthreads = nthreads
+        self.address = address
+        self.tasks: dict[Any, WorkerTask] = {}
+        self.data: dict[Any, Any] = {}
+        self.ready: list[tuple[tuple[int, ...], Any]] = []
+        self.executing: set[Any] = set()
+        self.in_flight: dict[str, set[Any]] = {}  # peer -> keys being fetched from it
+
+    def compute_task(self, msg: dict[str, Any]) -> Instructions:
+        key = msg["key"]
+        ts = self.tasks.get(key)
+        if ts is None:
+            ts = self.tasks[key] = WorkerTask(key)
+        if ts.state in ("executing", "memory", "ready", "waiting"):
+            return []
+        ts.spec, ts.priority = msg["spec"], tuple(msg["priority"])
+        ts.dependencies = set(msg["who_has"])
+        ts.missing = {d for d in ts.dependencies if d not in self.data}
+        out: Instructions = []
+        wanted: dict[str, list[Any]] = {}
+        for dep in ts.missing:
+            dts = self.tasks.get(dep)
+            if dts is None:
+                dts = self.tasks[dep] = WorkerTask(dep)
+            dts.dependents.add(key)
+            dts.who_has = list(msg["who_has"][dep])
+            if dts.state in ("new", "error"):
+                dts.state = "fetch"
+        for dep in ts.missing:
+            dts = self.tasks[dep]
+            if dts.state == "fetch":
+                peer = self._pick_peer(dts)
+                if peer is None:
+                    continue
+                dts.state = "flight"
+                wanted.setdefault(peer, []).append(dep)
+        for peer, keys in wanted.items():
+            self.in_flight.setdefault(peer, set()).update(keys)
+            out.append(("fetch", peer, keys))
+        if ts.missing:
+            ts.state = "waiting"
+        else:
+            self._make_ready(ts)
+        return out + self._schedule()
+
+    def _pick_peer(self, dts: WorkerTask) -> str | None:
+        peers = [p for p in dts.who_has if p != self.address]
+        if not peers:
+            return None
+        return min(peers, key=lambda p: len(self.in_flight.get(p, ())))
+
+    def _make_ready(self, ts: WorkerTask) -> None:
+        ts.state = "ready"
+        heapq.heappush(self.ready, (ts.priority, ts.key))
+
+    def _schedule(self) -> Instructions:
+        out: Instructions = []
+        while self.ready and len(self.executing) < self.nthreads:
+            _, key = heapq.heappop(self.ready)
+            ts = self.tasks.get(key)
+            if ts is None or ts.state != "ready":
+                continue
+            ts.state = "executing"
+            self.executing.add(key)
+            out.append(("execute", key))
+        return out
+
+    def fetched(self, peer: str, data: dict[Any, Any]) -> Instructions:
+        self.in_flight.get(peer, set()).difference_update(data)
+        for key, value in data.items():
+            self.data[key] = value
+            dts = self.tasks.get(key)
+            if dts is None:
+                continue
+            dts.state = "memory"
+            for dependent in list(dts.dependents):
+                ts = self.tasks.get(dependent)
+                if ts is not None and key in ts.missing:
+                    ts.missing.discard(key)
+                    if not ts.missing and ts.state == "waiting":
+                        self._make_ready(ts)
+        return self._schedule()
+
+    def fetch_failed(self, peer: str, keys: list[Any], reason: str) -> Instructions:
+        """A peer did not have the data (it died or freed it): try another holder, else report."""
+        self.in_flight.get(peer, set()).difference_update(keys)
+        out: Instructions = []
+        for key in keys:
+            dts = self.tasks.get(key)
+            if dts is None:
+                continue
+            dts.who_has = [p for p in dts.who_has if p != peer]
+            nxt = self._pick_peer(dts)
+            if nxt is not None:
+                self.in_flight.setdefault(nxt, set()).add(key)
+                out.append(("fetch", nxt, [key]))
+            else:
+                dts.state = "fetch"
+                out.append(
+                    ("send", {"op": "missing-data", "key": key, "errant_worker": peer, "reason": reason})
+                )
+        return out
+
+    def executed(self, key: Any, value: Any = None, error: bool = False) -> Instructions:
+        self.executing.discard(key)
+        ts = self.tasks.get(key)
+        if ts is not None:
+            ts.state = "error" if error else "memory"
+            if not error:
+                self.data[key] = value
+        return self._schedule()
+
+    def free(self, keys: list[Any]) -> Instructions:
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "executing":
+                continue  # it finishes, is reported, and the scheduler frees it again
+            self.data.pop(key, None)
+            self.tasks.pop(key, None)
+        return self._schedule()

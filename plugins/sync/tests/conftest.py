@@ -1,0 +1,1 @@
+"""Nothing to set up: the sync scheduler keeps no state between computes."""
