@@ -20,6 +20,7 @@ from typing import Any
 from taskloom import config
 from taskloom.errors import TaskloomError, WorkerPluginError
 from taskloom.graph import Key, Ref, Task, flatten_keys, pack_results
+from taskloom.local import task_events
 from taskloom.order import plan
 from taskloom.serialize import cloudpickle_dumps
 from taskloom.tokenize import tokenize
@@ -87,6 +88,8 @@ class Client:
         self._stream: BatchedSend | None = None
         self._config_context: Any = None
         self._set_as_default = set_as_default
+        self._events: Any = None  # the diagnostics hooks of the compute being observed
+        self._aliases: dict[Key, Key] = {}
         self._loop_thread: LoopThread | None = None
         if asynchronous:
             self.loop = asyncio.get_event_loop()
@@ -158,6 +161,17 @@ class Client:
             fut = self._replies.pop(msg["rid"], None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
+        elif op == "task-event":
+            events = self._events
+            if events is not None:
+                key = self._aliases.get(msg["key"], msg["key"])
+                error = msg.get("error")
+                if error is not None:
+                    error = unpack_exception(error, None, key)
+                if events.start is not None:
+                    events.start(key=key, worker=msg["worker"])
+                if events.finish is not None:
+                    events.finish(key=key, worker=msg["worker"], duration=msg["duration"], error=error)
         elif op == "graph-error":
             for key in msg["keys"]:
                 st = self._states.get(key)
@@ -250,12 +264,15 @@ class Client:
     ) -> None:
         if self.status != "running":
             raise TaskloomError(f"this client is {self.status}")
+        events = task_events()
+        self._events = events if events.active else None
         msg = {
             "op": "update-graph",
             "tasks": dict(tasks),
             "keys": keys,
             "priorities": priorities,
             "retries": retries,
+            "observe": events.active,
         }
         self.loop.call_soon_threadsafe(self._stream_send, msg)
 
@@ -263,31 +280,50 @@ class Client:
         if self._stream is not None:
             self._stream.send(msg)
 
-    def _submit_graph(self, graph: Mapping[Key, Any], keys: list[Key], retries: int = 0) -> list[Future]:
-        """Validate, order and submit a task graph; one Future per requested key."""
+    def _submit_graph(
+        self, graph: Mapping[Key, Any], keys: list[Key], retries: int = 0, private: bool = False
+    ) -> list[Future]:
+        """Validate, order and submit a task graph; one Future per requested key.
+
+        ``private``: the graph's keys get a per-call prefix on the cluster, so a ``get`` never
+        shares (or collides with) results of another call that happens to use the same key names.
+        """
         existing = {k: v for k, v in graph.items() if isinstance(v, Future) and v.key == k}
-        p = plan({k: (Task(_identity, k) if k in existing else v) for k, v in graph.items()}, keys)
+        p = plan({k: (Task(_identity, None) if k in existing else v) for k, v in graph.items()}, keys)
+        prefix = f"get-{uuid.uuid4().hex[:16]}" if private else None
+        names: dict[Key, Key] = {}
+        if prefix is not None:
+            names = {k: (prefix, k) for k in (*p.order, *p.literals) if k not in existing}
+            self._aliases = {v: k for k, v in names.items()}  # diagnostics report the caller's keys
         tasks: dict[Key, Any] = {}
         for k in p.order:
             if k in existing:
                 continue
-            task = p.tasks[k]
-            deps: set[Key] = set(task.dependencies)
-            task = _with_futures(task, deps)
-            tasks[k] = (dumps_task(k, task), sorted(deps, key=repr))
+            deps: set[Key] = set()
+            task = _rewrite_task(p.tasks[k], names, deps) if names or _holds_future(p.tasks[k].args) else p.tasks[k]
+            if not names:
+                deps |= set(p.tasks[k].dependencies)
+            name = names.get(k, k)
+            tasks[name] = (dumps_task(k, task), sorted(deps, key=repr))
         for k, v in p.literals.items():
             deps = set()
-            tasks[k] = (dumps_task(k, Task(_identity, _replace_futures(v, deps))), sorted(deps, key=repr))
-        priorities = {k: i for i, k in enumerate(p.order)}
-        futures = [Future(k, self) for k in keys]
-        self._send_graph(tasks, list(dict.fromkeys(keys)), priorities, retries)
+            name = names.get(k, k)
+            tasks[name] = (dumps_task(k, Task(_identity, _rewrite(v, names, deps))), sorted(deps, key=repr))
+        priorities = {names.get(k, k): i for i, k in enumerate((*p.literals, *p.order))}
+        wanted = [names.get(k, k) for k in keys]
+        futures = [Future(k, self) for k in wanted]
+        self._send_graph(tasks, list(dict.fromkeys(wanted)), priorities, retries)
         return futures
 
     def get(self, graph: Mapping[Key, Any], keys: Any, retries: int = 0, **kwargs: Any) -> Any:
         """Compute ``keys`` of ``graph`` on the cluster; results shaped like ``keys``."""
         flat = flatten_keys(keys)
-        futures = self._submit_graph(graph, flat, retries)
-        values = self._gather_sync(futures)
+        futures = self._submit_graph(graph, flat, retries, private=True)
+        try:
+            values = self._gather_sync(futures)
+        finally:  # the results are here (or failed): let the cluster forget them now
+            for f in futures:
+                f.release()
         if type(keys) is not list:
             return values[0]
         return pack_results(keys, dict(zip(flat, values)))
@@ -547,13 +583,31 @@ def _holds_future(obj: Any) -> bool:
     return False
 
 
-def _with_futures(task: Task, deps: set[Key]) -> Task:
-    """``task`` with Futures among its arguments replaced by references to their keys."""
-    if not (_holds_future(task.args) or _holds_future(task.kwargs)):
-        return task
-    full = Task(task.func, *task.args, **task.kwargs) if type(task) is Task else task._as_task()  # type: ignore[attr-defined]
-    args = [_replace_futures(a, deps) for a in full.args]
-    kwargs = {k: _replace_futures(v, deps) for k, v in full.kwargs.items()}
+def _rewrite(obj: Any, names: Mapping[Key, Key], deps: set[Key]) -> Any:
+    """``obj`` with Refs renamed by ``names`` and Futures turned into Refs; keys go to ``deps``."""
+    t = type(obj)
+    if t is Ref:
+        key = names.get(obj.key, obj.key)
+        deps.add(key)
+        return Ref(key)
+    if isinstance(obj, Future):
+        deps.add(obj.key)
+        return Ref(obj.key)
+    if t is Task:
+        return _rewrite_task(obj, names, deps)
+    if t is list:
+        return [_rewrite(x, names, deps) for x in obj]
+    if t is tuple:
+        return tuple(_rewrite(x, names, deps) for x in obj)
+    if t is dict:
+        return {k: _rewrite(v, names, deps) for k, v in obj.items()}
+    return obj
+
+
+def _rewrite_task(task: Task, names: Mapping[Key, Key], deps: set[Key]) -> Task:
+    full = task if type(task) is Task else task._as_task()  # type: ignore[attr-defined]
+    args = [_rewrite(a, names, deps) for a in full.args]
+    kwargs = {k: _rewrite(v, names, deps) for k, v in full.kwargs.items()}
     return Task(full.func, *args, **kwargs)
 
 

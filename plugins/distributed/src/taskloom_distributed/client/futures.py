@@ -72,7 +72,14 @@ class Future:
         self.key = key
         self.client = client
         self._state = client._state_of(key)
+        self._released = False
         client._inc_ref(key)
+
+    def release(self) -> None:
+        """Drop this future's hold on the result now, rather than when it is garbage-collected."""
+        if not self._released:
+            self._released = True
+            self.client._dec_ref(self.key)
 
     @property
     def status(self) -> str:
@@ -130,7 +137,7 @@ class Future:
 
     def __del__(self) -> None:
         try:
-            self.client._dec_ref(self.key)
+            self.release()
         except Exception:  # interpreter shutdown
             pass
 

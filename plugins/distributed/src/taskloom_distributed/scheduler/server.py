@@ -173,7 +173,9 @@ class Scheduler:
         if op == "update-graph":
             try:
                 self._send(
-                    st.update_graph(client, m["tasks"], m["keys"], m.get("priorities"), m.get("retries", 0))
+                    st.update_graph(
+                        client, m["tasks"], m["keys"], m.get("priorities"), m.get("retries", 0), m.get("observe", False)
+                    )
                 )
             except KeyError as exc:
                 stream.send({"op": "graph-error", "keys": m["keys"], "error": str(exc)})

@@ -48,6 +48,7 @@ class TaskState:
     traceback: Any = None
     erred_on: Any = None  # key of the task whose error this one inherits
     retries: int = 0
+    observers: set[Any] = attrs.Factory(set)  # clients that want every state change (diagnostics)
 
     def __repr__(self) -> str:
         return f"<TaskState {self.key!r} {self.state}>"
@@ -98,6 +99,7 @@ class SchedulerState:
         keys: Iterable[Any],
         priorities: dict[Any, int] | None = None,
         retries: int = 0,
+        observe: bool = False,
     ) -> Messages:
         """A client submits ``tasks`` (key -> (spec, dependency keys)) and wants ``keys``."""
         out: Messages = []
@@ -111,9 +113,15 @@ class SchedulerState:
                 ts = self.tasks[key] = TaskState(key, spec, (gen, priorities.get(key, 0)))
                 ts.retries = retries
                 new.append(ts)
-            elif ts.state == "released":  # known from an earlier graph, but dropped since
-                ts.spec = ts.spec if ts.spec is not None else spec
+                if observe:
+                    ts.observers.add(client)
+            elif ts.state in ("released", "erred"):  # dropped since, or failed: run it again
+                ts.spec = spec if spec is not None else ts.spec
+                ts.state = "released"
+                ts.exception = ts.traceback = ts.erred_on = None
                 revived.append(ts)
+            if observe:
+                ts.observers.add(client)
         for ts in new:
             for dkey in tasks[ts.key][1]:
                 dep = self.tasks.get(dkey)
@@ -252,6 +260,9 @@ class SchedulerState:
         ws = self.workers.get(worker)
         if ts is None or ws is None:
             return [(("worker", worker), {"op": "free-keys", "keys": [key]})]
+        for client in ts.observers:
+            event = {"op": "task-event", "key": key, "worker": worker, "duration": duration}
+            out.append((("client", client), event))
         if ts.processing_on is ws:
             ws.processing.discard(ts)
             ts.processing_on = None
@@ -286,6 +297,9 @@ class SchedulerState:
         ws = self.workers.get(worker)
         if ts is None or ts.state != "processing":
             return out
+        for client in ts.observers:
+            msg = {"op": "task-event", "key": key, "worker": worker, "duration": 0.0, "error": exception}
+            out.append((("client", client), msg))
         if ws is not None:
             ws.processing.discard(ts)
         ts.processing_on = None
@@ -371,10 +385,21 @@ class SchedulerState:
                 self.tasks.pop(t.key, None)
 
     def add_keys(self, worker: str, keys: dict[Any, int]) -> Messages:
-        """Data put on ``worker`` directly (scatter): the keys are in memory there."""
-        ws = self.workers[worker]
+        """``worker`` holds ``keys`` too: data scattered there, or copied there as a dependency."""
+        ws = self.workers.get(worker)
+        if ws is None:
+            return []
+        out: Messages = []
         for key, nbytes in keys.items():
             ts = self.tasks.get(key)
+            if ts is not None and ts.state == "memory":
+                if ws not in ts.who_has:
+                    ts.who_has.add(ws)
+                    ws.has_what.add(ts)
+                continue
+            if ts is not None and ts.state == "released" and ts.spec is not None:
+                out.append((("worker", worker), {"op": "free-keys", "keys": [key]}))  # nobody needs it
+                continue
             if ts is None:
                 ts = self.tasks[key] = TaskState(key, None, (next(self.generation), 0))
             ts.state = "memory"
@@ -382,7 +407,7 @@ class SchedulerState:
             ts.who_has.add(ws)
             ws.has_what.add(ts)
             ws.nbytes += nbytes
-        return []
+        return out
 
     # -- queries ---------------------------------------------------------------------------------
     def who_has(self, keys: Iterable[Any] | None = None) -> dict[Any, list[str]]:

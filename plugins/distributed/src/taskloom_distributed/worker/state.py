@@ -10,6 +10,7 @@ tasks run highest priority first, at most ``nthreads`` at a time.
 from __future__ import annotations
 
 import heapq
+import itertools
 from typing import Any
 
 import attrs
@@ -37,7 +38,8 @@ class WorkerState:
         self.address = address
         self.tasks: dict[Any, WorkerTask] = {}
         self.data: dict[Any, Any] = {}
-        self.ready: list[tuple[tuple[int, ...], Any]] = []
+        self.ready: list[tuple[tuple[int, ...], int, Any]] = []  # (priority, arrival, key)
+        self._arrivals = itertools.count()
         self.executing: set[Any] = set()
         self.in_flight: dict[str, set[Any]] = {}  # peer -> keys being fetched from it
 
@@ -46,7 +48,9 @@ class WorkerState:
         ts = self.tasks.get(key)
         if ts is None:
             ts = self.tasks[key] = WorkerTask(key)
-        if ts.state in ("executing", "memory", "ready", "waiting"):
+        if ts.state == "memory" and key in self.data:  # fetched here earlier: nothing to run
+            return [("send", {"op": "task-finished", "key": key, "nbytes": 0, "type": type(self.data[key]).__name__})]
+        if ts.state in ("executing", "ready", "waiting"):
             return []
         ts.spec, ts.priority = msg["spec"], tuple(msg["priority"])
         ts.dependencies = set(msg["who_has"])
@@ -86,12 +90,12 @@ class WorkerState:
 
     def _make_ready(self, ts: WorkerTask) -> None:
         ts.state = "ready"
-        heapq.heappush(self.ready, (ts.priority, ts.key))
+        heapq.heappush(self.ready, (ts.priority, next(self._arrivals), ts.key))
 
     def _schedule(self) -> Instructions:
         out: Instructions = []
         while self.ready and len(self.executing) < self.nthreads:
-            _, key = heapq.heappop(self.ready)
+            _, _, key = heapq.heappop(self.ready)
             ts = self.tasks.get(key)
             if ts is None or ts.state != "ready":
                 continue
@@ -101,7 +105,9 @@ class WorkerState:
         return out
 
     def fetched(self, peer: str, data: dict[Any, Any]) -> Instructions:
+        """Dependencies arrived; the scheduler is told this worker holds them too (to free them)."""
         self.in_flight.get(peer, set()).difference_update(data)
+        out: Instructions = [("send", {"op": "add-keys", "keys": {k: 0 for k in data}})]
         for key, value in data.items():
             self.data[key] = value
             dts = self.tasks.get(key)
@@ -114,7 +120,7 @@ class WorkerState:
                     ts.missing.discard(key)
                     if not ts.missing and ts.state == "waiting":
                         self._make_ready(ts)
-        return self._schedule()
+        return out + self._schedule()
 
     def fetch_failed(self, peer: str, keys: list[Any], reason: str) -> Instructions:
         """A peer did not have the data (it died or freed it): try another holder, else report."""
