@@ -300,7 +300,11 @@ class Client:
             if k in existing:
                 continue
             deps: set[Key] = set()
-            task = _rewrite_task(p.tasks[k], names, deps) if names or _holds_future(p.tasks[k].args) else p.tasks[k]
+            task = (
+                _rewrite_task(p.tasks[k], names, deps)
+                if names or _holds_future(p.tasks[k].args)
+                else p.tasks[k]
+            )
             if not names:
                 deps |= set(p.tasks[k].dependencies)
             name = names.get(k, k)
@@ -345,7 +349,7 @@ class Client:
 
         single = not isinstance(collections, (list, tuple))
         colls = [collections] if single else list(collections)
-        out = []
+        out: list[Any] = []
         for c in colls:
             keys = flatten_keys(c.__taskloom_keys__())
             futures = self._submit_graph(c.__taskloom_graph__(), keys, retries)

@@ -13,7 +13,7 @@ import asyncio
 import ssl
 import struct
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .messages import dumps, loads
@@ -214,7 +214,7 @@ class Comm:
         async with self._write_lock:
             if self.closed:
                 raise CommClosedError(f"connection to {self.peer} is closed")
-            small = [header]
+            small: list[Any] = [header]
             for f in frames:
                 view = memoryview(f).cast("B")
                 if view.nbytes <= _CHUNK:
@@ -277,13 +277,13 @@ async def connect(address: str, ssl_context: ssl.SSLContext | None = None, timeo
         import socket
 
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return Comm(transport, protocol, f"{scheme}://{host}:{port}")  # type: ignore[arg-type]
+    return Comm(transport, protocol, f"{scheme}://{host}:{port}")
 
 
 async def listen(
     host: str,
     port: int,
-    handler: Callable[[Comm], Awaitable[None]],
+    handler: Callable[[Comm], Coroutine[Any, Any, None]],
     ssl_context: ssl.SSLContext | None = None,
 ) -> asyncio.Server:
     """Serve connections on ``host:port`` (0: any free port); ``handler`` gets each new Comm."""
@@ -302,7 +302,7 @@ async def listen(
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer = transport.get_extra_info("peername")
             comm = Comm(transport, proto, f"tcp://{peer[0]}:{peer[1]}")  # type: ignore[arg-type]
-            task = loop.create_task(handler(comm))
+            task: asyncio.Task[None] = loop.create_task(handler(comm))
             _handler_tasks.add(task)
             task.add_done_callback(_handler_tasks.discard)
 

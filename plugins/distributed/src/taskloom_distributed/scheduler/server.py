@@ -174,7 +174,12 @@ class Scheduler:
             try:
                 self._send(
                     st.update_graph(
-                        client, m["tasks"], m["keys"], m.get("priorities"), m.get("retries", 0), m.get("observe", False)
+                        client,
+                        m["tasks"],
+                        m["keys"],
+                        m.get("priorities"),
+                        m.get("retries", 0),
+                        m.get("observe", False),
                     )
                 )
             except KeyError as exc:
@@ -200,7 +205,8 @@ class Scheduler:
         if op == "scheduler-info":
             return self.info()
         if op == "add-keys":
-            return self._send(st.add_keys(m["worker"], m["keys"])) or True
+            self._send(st.add_keys(m["worker"], m["keys"], client))
+            return True
         if op == "register-plugin":
             st.plugins.pop(m["name"], None)
             st.plugins[m["name"]] = m["plugin"]

@@ -384,7 +384,7 @@ class SchedulerState:
             if not t.dependents:
                 self.tasks.pop(t.key, None)
 
-    def add_keys(self, worker: str, keys: dict[Any, int]) -> Messages:
+    def add_keys(self, worker: str, keys: dict[Any, int], client: Any = None) -> Messages:
         """``worker`` holds ``keys`` too: data scattered there, or copied there as a dependency."""
         ws = self.workers.get(worker)
         if ws is None:
@@ -407,6 +407,9 @@ class SchedulerState:
             ts.who_has.add(ws)
             ws.has_what.add(ts)
             ws.nbytes += nbytes
+            if client is not None:  # scattered by a client: it holds a Future for it
+                ts.who_wants.add(client)
+                self.clients.setdefault(client, set()).add(ts)
         return out
 
     # -- queries ---------------------------------------------------------------------------------

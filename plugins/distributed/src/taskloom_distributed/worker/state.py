@@ -49,7 +49,12 @@ class WorkerState:
         if ts is None:
             ts = self.tasks[key] = WorkerTask(key)
         if ts.state == "memory" and key in self.data:  # fetched here earlier: nothing to run
-            return [("send", {"op": "task-finished", "key": key, "nbytes": 0, "type": type(self.data[key]).__name__})]
+            return [
+                (
+                    "send",
+                    {"op": "task-finished", "key": key, "nbytes": 0, "type": type(self.data[key]).__name__},
+                )
+            ]
         if ts.state in ("executing", "ready", "waiting"):
             return []
         ts.spec, ts.priority = msg["spec"], tuple(msg["priority"])
