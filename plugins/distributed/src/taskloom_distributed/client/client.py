@@ -112,7 +112,7 @@ class Client:
         await connect_handshake(comm, self.auth_token, "client")
         await comm.write({"op": "register-client", "client_id": self.id})
         batch = await comm.read()
-        reply = batch[0] if isinstance(batch, list) and batch else batch
+        reply = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
         if not isinstance(reply, dict) or reply.get("op") != "registered":
             raise TaskloomError(f"the scheduler refused this client: {reply!r}")
         self._comm = comm
@@ -447,7 +447,9 @@ class Client:
         for address, chunk in per_worker.items():
             comm = await self._worker_comm(address)
             async with self._worker_locks.setdefault("rpc:" + address, asyncio.Lock()):
-                await comm.write({"op": "update-data", "data": chunk})
+                await comm.write(
+                    {"op": "update-data", "data": {k: Serialized.of(v) for k, v in chunk.items()}}
+                )
                 reply = await comm.read()
             await self._request("add-keys", worker=address, keys=reply["nbytes"])
             for key in chunk:
@@ -469,7 +471,9 @@ class Client:
         for address in sorted(info["workers"]):
             comm = await self._worker_comm(address)
             async with self._worker_locks.setdefault("rpc:" + address, asyncio.Lock()):
-                await comm.write({"op": "run", "func": _by_value(func), "args": list(args), "kwargs": kwargs})
+                await comm.write(
+                    {"op": "run", "func": _by_value(func), "args": Serialized.of((args, kwargs))}
+                )
                 reply = await comm.read()
             if reply["status"] != "OK":
                 blob, text = reply["error"]
@@ -482,7 +486,7 @@ class Client:
     def run_on_scheduler(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``func`` in the scheduler's process and return its result."""
         result = self._sync(
-            self._request("run-on-scheduler", func=_by_value(func), args=list(args), kwargs=kwargs)
+            self._request("run-on-scheduler", func=_by_value(func), args=Serialized.of((args, kwargs)))
         )
         return result.load() if isinstance(result, Serialized) else result
 

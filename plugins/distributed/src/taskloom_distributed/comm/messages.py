@@ -1,8 +1,9 @@
 """Message encoding: msgpack for structure, pickle protocol 5 frames for Python objects.
 
 A message becomes a list of frames: a msgpack header, then the frames of every non-msgpack value
-in it (its serializer's header and out-of-band buffers, so arrays travel uncopied).  Tuples are
-kept as tuples (task keys are tuples), and a :class:`Serialized` value is forwarded as the frames
+in it (its serializer's header and out-of-band buffers, so arrays travel uncopied).  Messages are
+protocol structures: their sequences come back as tuples (so tuple task keys stay hashable), and
+user values inside them must be wrapped in :class:`Serialized`, which is forwarded as the frames
 it already is: the scheduler relays task specifications and results without ever unpickling
 them.  ``loads(..., unpickle=False)`` -- used before a peer has authenticated, and always by the
 scheduler -- refuses to unpickle anything.
@@ -53,14 +54,12 @@ def dumps(msg: Any) -> list[Any]:
     frames: list[Any] = [b""]
 
     def default(obj: Any) -> Any:
-        if type(obj) is tuple:
-            return msgpack.ExtType(_TUPLE, msgpack.packb(list(obj), default=default, strict_types=True))
         ser = obj if type(obj) is Serialized else Serialized.of(obj)
         start = len(frames)
         frames.extend(ser.frames)
         return msgpack.ExtType(_SERIALIZED, msgpack.packb([ser.name, start, len(ser.frames)]))
 
-    frames[0] = msgpack.packb(msg, default=default, strict_types=True)
+    frames[0] = msgpack.packb(msg, default=default)
     return frames
 
 
@@ -76,7 +75,7 @@ def loads(frames: Sequence[Any], unpickle: bool = True) -> Any:
             return ser.load() if unpickle else ser
         raise ValueError(f"unknown message extension type {code}")
 
-    return msgpack.unpackb(frames[0], ext_hook=ext_hook, raw=False, strict_map_key=False)
+    return msgpack.unpackb(frames[0], ext_hook=ext_hook, raw=False, strict_map_key=False, use_list=False)
 
 
 def loads_plain(frames: Sequence[Any]) -> Any:
@@ -89,4 +88,4 @@ def loads_plain(frames: Sequence[Any]) -> Any:
             return tuple(msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=False))
         raise UnpicklingRefused("a handshake message carried pickled data; refused before authentication")
 
-    return msgpack.unpackb(frames[0], ext_hook=ext_hook, raw=False, strict_map_key=False)
+    return msgpack.unpackb(frames[0], ext_hook=ext_hook, raw=False, strict_map_key=False, use_list=False)

@@ -79,6 +79,7 @@ class Scheduler:
             logger.warning("closed connection from %s: %s", comm.peer, exc)
             comm.close()
             return
+        comm.unpickle = False  # the scheduler relays task specifications and data as frames
         try:
             first = await comm.read()
         except CommClosedError:
@@ -218,7 +219,8 @@ class Scheduler:
             return {"errors": {}}
         if op == "run-on-scheduler":
             func = m["func"].load() if isinstance(m["func"], Serialized) else m["func"]
-            return Serialized.of(func(*m.get("args", ()), **m.get("kwargs", {})))
+            args, kwargs = m["args"].load() if isinstance(m.get("args"), Serialized) else ((), {})
+            return Serialized.of(func(*args, **kwargs))
         if op == "retire":
             return True
         raise ValueError(f"unknown request {op!r}")

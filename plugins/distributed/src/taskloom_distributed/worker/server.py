@@ -315,7 +315,8 @@ class Worker:
             self.runtime.bind()
             self._local.bound = True
         try:
-            return True, func(*msg.get("args", ()), **msg.get("kwargs", {}))
+            args, kwargs = msg["args"] if "args" in msg else ((), {})
+            return True, func(*args, **kwargs)
         except BaseException as exc:
             return False, _pack_error(exc)
 
