@@ -21,7 +21,6 @@ import taskloom
 from taskloom import Ref, Task
 from taskloom.diagnostics import CacheProfiler, Profiler, ProgressBar, ResourceProfiler, report
 from taskloom.diagnostics._shared import key_prefix, needed_tasks
-from taskloom.plugins import hook_has_impls
 
 SCHEDULERS = sorted(taskloom.schedulers())
 CHROMIUM = "/usr/bin/chromium"
@@ -34,19 +33,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-DIAGNOSTICS_HOOKS = (
-    "taskloom_compute_start",
-    "taskloom_task_start",
-    "taskloom_task_finish",
-    "taskloom_compute_finish",
-)
-
-
-@pytest.fixture(autouse=True)
-def no_callback_left_behind() -> Iterator[None]:
-    before = {name: hook_has_impls(name) for name in DIAGNOSTICS_HOOKS}
-    yield
-    assert {name: hook_has_impls(name) for name in DIAGNOSTICS_HOOKS} == before
+pytestmark = pytest.mark.usefixtures("no_callback_left_behind")
 
 
 @contextlib.contextmanager

@@ -14,21 +14,10 @@ from taskloom import Ref, Task
 from taskloom.diagnostics import Callback
 from taskloom.local import task_events
 from taskloom.plugins import hook_has_impls
+from taskloom.testing.fixtures import DIAGNOSTICS_HOOKS
 
 SCHEDULERS = sorted(taskloom.schedulers())
-DIAGNOSTICS_HOOKS = (
-    "taskloom_compute_start",
-    "taskloom_task_start",
-    "taskloom_task_finish",
-    "taskloom_compute_finish",
-)
-
-
-@pytest.fixture(autouse=True)
-def no_callback_left_behind() -> Iterator[None]:
-    before = {name: hook_has_impls(name) for name in DIAGNOSTICS_HOOKS}
-    yield
-    assert {name: hook_has_impls(name) for name in DIAGNOSTICS_HOOKS} == before
+pytestmark = pytest.mark.usefixtures("no_callback_left_behind")
 
 
 @pytest.fixture(params=SCHEDULERS)

@@ -127,3 +127,22 @@ def registered_plugin() -> Iterator[Callable[..., contextlib.AbstractContextMana
     yield register
     for plugin in reversed(list(active)):
         unregister(plugin)
+
+
+DIAGNOSTICS_HOOKS = (
+    "taskloom_compute_start",
+    "taskloom_task_start",
+    "taskloom_task_finish",
+    "taskloom_compute_finish",
+)
+"""The diagnostics hooks, in the order a compute calls them."""
+
+
+@pytest.fixture
+def no_callback_left_behind() -> Iterator[None]:
+    """Fail a test that leaves a diagnostics hook implementation registered."""
+    from taskloom.plugins import hook_has_impls
+
+    before = {name: hook_has_impls(name) for name in DIAGNOSTICS_HOOKS}
+    yield
+    assert {name: hook_has_impls(name) for name in DIAGNOSTICS_HOOKS} == before
