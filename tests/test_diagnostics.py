@@ -11,8 +11,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,40 +35,12 @@ CHROMIUM_ARGS = [
 pytestmark = pytest.mark.usefixtures("no_callback_left_behind")
 
 
-@contextlib.contextmanager
-def _thread_executor() -> Iterator[dict[str, Any]]:
-    with ThreadPoolExecutor(2, thread_name_prefix="test-diagnostics-pool") as executor:
-        yield {"pool": executor}
-
-
-# What a scheduler needs to run in a test: the ``pool`` scheduler runs on the caller's executor.
-SETUP: dict[str, Callable[[], contextlib.AbstractContextManager[dict[str, Any]]]] = {
-    "pool": _thread_executor,
-}
-_cannot_run: dict[str, str] = {}
-
-
-def _probe(name: str, kwargs: dict[str, Any]) -> None:
-    """Skip the test if ``name`` cannot compute at all here (it needs a client or a cluster)."""
-    if name not in _cannot_run:
-        try:
-            taskloom.get({"x": Task(int, "1")}, "x", scheduler=name, **kwargs)
-            _cannot_run[name] = ""
-        except Exception as exc:
-            _cannot_run[name] = f"{type(exc).__name__}: {exc}"
-    if _cannot_run[name]:
-        pytest.skip(
-            f"the {name!r} scheduler cannot run without a setup this test does not make: {_cannot_run[name]}"
-        )
-
-
 @pytest.fixture(params=SCHEDULERS)
 def run(request: pytest.FixtureRequest) -> Iterator[Any]:
     """``run(graph, keys, **kwargs)``: ``taskloom.get`` on one scheduler (its id is the name)."""
     name = str(request.param)
-    with SETUP.get(name, contextlib.nullcontext)() as extra:
-        extra = extra or {}
-        _probe(name, extra)
+    spec = taskloom.schedulers()[name]
+    with spec.setup() if spec.setup is not None else contextlib.nullcontext({}) as extra:
 
         def run(graph: Any, keys: Any, **kwargs: Any) -> Any:
             return taskloom.get(graph, keys, scheduler=name, **{**extra, **kwargs})

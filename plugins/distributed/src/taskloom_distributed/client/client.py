@@ -90,6 +90,9 @@ class Client:
         self._set_as_default = set_as_default
         self._events: Any = None  # the diagnostics hooks of the compute being observed
         self._aliases: dict[Key, Key] = {}
+        self._quiet: set[Key] = set()  # literal data submitted as tasks: no task events for them
+        self._errors: dict[Key, BaseException] = {}
+        self._event_error: BaseException | None = None
         self._loop_thread: LoopThread | None = None
         if asynchronous:
             self.loop = asyncio.get_event_loop()
@@ -156,22 +159,14 @@ class Client:
         elif op == "task-erred":
             st = self._states.get(msg["key"])
             if st is not None:
+                st.cause = msg.get("cause")
                 st.error(msg.get("exception"), msg.get("traceback"))
         elif op == "reply":
             fut = self._replies.pop(msg["rid"], None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
         elif op == "task-event":
-            events = self._events
-            if events is not None:
-                key = self._aliases.get(msg["key"], msg["key"])
-                error = msg.get("error")
-                if error is not None:
-                    error = unpack_exception(error, None, key)
-                if events.start is not None:
-                    events.start(key=key, worker=msg["worker"])
-                if events.finish is not None:
-                    events.finish(key=key, worker=msg["worker"], duration=msg["duration"], error=error)
+            self._task_event(msg)
         elif op == "graph-error":
             for key in msg["keys"]:
                 st = self._states.get(key)
@@ -309,6 +304,8 @@ class Client:
                 deps |= set(p.tasks[k].dependencies)
             name = names.get(k, k)
             tasks[name] = (dumps_task(k, task), sorted(deps, key=repr))
+        self._quiet = {names.get(k, k) for k in p.literals}
+        self._errors = {}
         for k, v in p.literals.items():
             deps = set()
             name = names.get(k, k)
@@ -323,11 +320,15 @@ class Client:
         """Compute ``keys`` of ``graph`` on the cluster; results shaped like ``keys``."""
         flat = flatten_keys(keys)
         futures = self._submit_graph(graph, flat, retries, private=True)
+        self._event_error = None
         try:
             values = self._gather_sync(futures)
         finally:  # the results are here (or failed): let the cluster forget them now
             for f in futures:
                 f.release()
+            error, self._event_error = self._event_error, None
+            if error is not None:
+                raise error
         if type(keys) is not list:
             return values[0]
         return pack_results(keys, dict(zip(flat, values)))
@@ -403,7 +404,32 @@ class Client:
         return [data[f.key] for f in futures]
 
     def _exception_of(self, st: FutureState) -> BaseException:
-        return unpack_exception(st.exception, st.traceback, st.key)
+        """The task's exception; the same object for every key that failed with it."""
+        cause = st.cause if st.cause is not None else st.key
+        exc = self._errors.get(cause)
+        if exc is None:
+            key = self._aliases.get(cause, cause)
+            exc = self._errors[cause] = unpack_exception(st.exception, st.traceback, key)
+        return exc
+
+    def _task_event(self, msg: dict[str, Any]) -> None:
+        """A task finished or failed: the diagnostics hooks of the observed compute fire here."""
+        events = self._events
+        if events is None or msg["key"] in self._quiet:
+            return
+        key = self._aliases.get(msg["key"], msg["key"])
+        error = msg.get("error")
+        try:
+            if error is not None:
+                error = self._errors.get(msg["key"]) or unpack_exception(error, None, key)
+                self._errors[msg["key"]] = error
+            if events.start is not None:
+                events.start(key=key, worker=msg["worker"])
+            if events.finish is not None:
+                events.finish(key=key, worker=msg["worker"], duration=msg["duration"], error=error)
+        except BaseException as exc:  # a callback's error reaches the caller of the compute
+            if self._event_error is None:
+                self._event_error = exc
 
     async def _worker_comm(self, address: str) -> Comm:
         lock = self._worker_locks.setdefault(address, asyncio.Lock())

@@ -18,7 +18,7 @@ class CancelledError(Exception):
 class FutureState:
     """The client's knowledge of one key: pending, finished, error or cancelled."""
 
-    __slots__ = ("callbacks", "event", "exception", "key", "status", "traceback", "type", "waiters")
+    __slots__ = ("callbacks", "cause", "event", "exception", "key", "status", "traceback", "type", "waiters")
 
     def __init__(self, key: Any) -> None:
         self.key = key
@@ -26,6 +26,7 @@ class FutureState:
         self.event = threading.Event()
         self.exception: Any = None
         self.traceback: Any = None
+        self.cause: Any = None  # the key whose failure this one inherits
         self.type = ""
         self.callbacks: list[Callable[[], None]] = []
         self.waiters: list[asyncio.Future[None]] = []
