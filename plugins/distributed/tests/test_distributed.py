@@ -126,3 +126,9 @@ def test_no_worker_process_outlives_a_killed_client_process(tmp_path: object) ->
     _, alive = psutil.wait_procs(workers, timeout=20)
     alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"worker processes survived their client: {alive}"
+
+
+def test_core_reexports_the_client() -> None:
+    from taskloom.distributed import Client as Reexported
+
+    assert Reexported is Client
