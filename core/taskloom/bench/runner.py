@@ -3,7 +3,8 @@
 For each workload the graph is built once, before anything is timed, and every scheduler runs
 that same dict:
 
-* **wall time** is the best of ``--repeat`` runs, each preceded by ``gc.collect()``;
+* **wall time** is the best of ``--repeat`` runs, each preceded by ``gc.collect()`` (fewer when
+  the runs have already taken ``--budget`` seconds: a slow scheduler gets at least one);
 * the **baseline** is the same function calls made directly in topological order over the
   pre-built graph (:func:`taskloom.bench.workloads.direct`), timed the same way; a scheduler's
   **overhead** per task is ``(wall - baseline) / tasks``;
@@ -27,7 +28,7 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import config
 from ..errors import SchedulerNotFoundError
@@ -39,8 +40,8 @@ _MILLION_SCHEDULERS = ("sync", "threads")
 _MILLION_MAX_REPEAT = 3
 
 Get = Callable[[dict[Any, Any], Any], Any]
-Setup = Callable[[int], AbstractContextManager[dict[str, Any]]]
-"""What a scheduler needs around its runs: given the worker count, a context giving extra get() kwargs."""
+Setup = Callable[[], AbstractContextManager[dict[str, Any]]]
+"""What a scheduler needs around its runs (an executor, a cluster): a context giving get() kwargs."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +67,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--million", action="store_true",
         help="also run a 1,000,000-task graph on sync and threads (wall time, memory per task)",
     )  # fmt: skip
+    parser.add_argument(
+        "--budget", type=float, default=30.0, metavar="SECONDS",
+        help="stop repeating a figure once its runs took this long (default 30; at least one run)",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny graphs and one repeat: a smoke test")
+    parser.add_argument(
+        "--no-matrix", action="store_true",
+        help="skip the decision matrix (CPU-bound tasks and 50 MB arrays on sync, threads, processes)",
+    )  # fmt: skip
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
     parser.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown to PATH")
 
@@ -87,7 +96,7 @@ def run_cli(args: argparse.Namespace) -> int:
     machine = machine_info(__version__, _dask_version(), installed)
     workers = args.num_workers or machine["cpu_usable"]
     repeat = 1 if args.quick else args.repeat
-    settings = {"repeat": repeat, "num_workers": workers, "quick": bool(args.quick)}
+    settings = {"repeat": repeat, "budget_s": args.budget, "num_workers": workers, "quick": bool(args.quick)}
     report = Report(command=_command_line(args), machine=machine, settings=settings)
     specs = _runnable(chosen, bool(args.scheduler), report)
     with ExitStack() as stack:
@@ -98,21 +107,37 @@ def run_cli(args: argparse.Namespace) -> int:
         workloads = [w for w in STANDARD if not args.workload or w.name in args.workload]
         for w in workloads:
             size = w.quick if args.quick else w.default
-            _bench_workload(report, w, size, specs, dask_gets, workers, repeat)
+            _bench_workload(report, w, size, specs, dask_gets, workers, _Timing(repeat, args.budget))
         if args.million:
             size = MILLION.quick if args.quick else MILLION.default
             big = {n: s for n, s in specs.items() if n in _MILLION_SCHEDULERS}
             big_dask = {n: g for n, g in dask_gets.items() if n in big}
-            _bench_workload(report, MILLION, size, big, big_dask, workers, min(repeat, _MILLION_MAX_REPEAT))
+            timing = _Timing(min(repeat, _MILLION_MAX_REPEAT), args.budget)
+            _bench_workload(report, MILLION, size, big, big_dask, workers, timing)
+        matrix_text = ""
+        matrix_rows: list[dict[str, Any]] = []
+        if not args.quick and not args.no_matrix:
+            from .matrix import format_rows, measure
+
+            local: dict[str, dict[str, Any]] = {
+                n: {"num_workers": workers} for n in ("sync", "threads", "processes") if n in specs
+            }
+            if local:
+                matrix_rows = measure(local)
+                matrix_text = format_rows(matrix_rows)
     compare = bool(dask_gets)
     print()
     print(format_text(report, compare))
+    if matrix_text:
+        print(matrix_text)
     if args.json:
         import json
 
-        write_text(args.json, json.dumps(report.as_dict(), indent=2, default=repr) + "\n")
+        figures = {**report.as_dict(), "decision_matrix": matrix_rows}
+        write_text(args.json, json.dumps(figures, indent=2, default=repr) + "\n")
     if args.markdown:
-        write_text(args.markdown, format_markdown(report, compare))
+        extra = f"\n```{matrix_text}\n```\n" if matrix_text else ""
+        write_text(args.markdown, format_markdown(report, compare) + extra)
     failed = [r for r in report.rows if r.error is not None]
     if failed:
         print(f"\n{len(failed)} run(s) failed", file=sys.stderr)
@@ -135,16 +160,31 @@ class _Skip(Exception):
     """The scheduler cannot run here as things stand; the message says why."""
 
 
-def _pool_setup(explicit: bool) -> Setup:
-    if config.get("pool", None) is None:
-        raise _Skip("it runs on a configured executor and 'pool' is not set (config.set(pool=...))")
-    return lambda workers: nullcontext({})
+def _setup_of(spec: SchedulerSpec, explicit: bool) -> Setup:
+    """What to enter around ``spec``'s runs (its own ``setup``, if any); raises _Skip if it should not run.
+
+    ``pool`` runs on the executor the user configured; without one it is skipped, unless chosen
+    with --scheduler: then its ``setup`` provides one.  A scheduler that has no ``setup`` but
+    needs a cluster (``dask``) runs only when chosen with --scheduler.
+    """
+    if spec.name == "pool" and config.get("pool", None) is not None:
+        return _no_setup
+    if spec.name == "pool" and not explicit:
+        raise _Skip(
+            "it runs on a configured executor and 'pool' is not set (config.set(pool=...)); "
+            "choose it with --scheduler pool to run it on its own setup's executor"
+        )
+    if spec.setup is not None:
+        return spec.setup
+    if spec.name == "dask":
+        return _dask_cluster_setup(explicit)
+    return _no_setup
 
 
 def _dask_cluster_setup(explicit: bool) -> Setup:
     if not explicit:
         raise _Skip(
-            "it runs on a dask.distributed cluster (milliseconds per task); choose it with "
+            "it runs on a dask.distributed cluster and provides no setup; choose it with "
             "--scheduler dask and the bench starts an in-process LocalCluster for it"
         )
     try:
@@ -155,20 +195,19 @@ def _dask_cluster_setup(explicit: bool) -> Setup:
 
 
 @contextmanager
-def _local_cluster(workers: int) -> Iterator[dict[str, Any]]:
-    """An in-process dask.distributed cluster: one worker with ``workers`` threads."""
+def _local_cluster() -> Iterator[dict[str, Any]]:
+    """An in-process dask.distributed cluster: one worker with two threads."""
     from distributed import Client, LocalCluster
 
     with (
-        LocalCluster(n_workers=1, threads_per_worker=workers, processes=False, dashboard_address=None) as c,
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as c,
         Client(c) as client,
     ):
         yield {"client": client}
 
 
-# Schedulers that need something set up around their runs; the factory raises _Skip if it cannot
-# be (``explicit``: the user chose the scheduler with --scheduler).
-_SETUPS: dict[str, Callable[[bool], Setup]] = {"pool": _pool_setup, "dask": _dask_cluster_setup}
+def _no_setup() -> AbstractContextManager[dict[str, Any]]:
+    return nullcontext({})
 
 
 def _runnable(
@@ -177,19 +216,12 @@ def _runnable(
     """The chosen schedulers that can run, each with its setup; the others are noted as skipped."""
     out = {}
     for name, spec in chosen.items():
-        factory = _SETUPS.get(name)
         try:
-            setup = factory(explicit) if factory is not None else _no_setup
+            out[name] = (spec, _setup_of(spec, explicit))
         except _Skip as why:
             report.skipped[name] = str(why)
             report.notes.append(f"scheduler {name!r} skipped: {why}")
-            continue
-        out[name] = (spec, setup)
     return out
-
-
-def _no_setup(workers: int) -> AbstractContextManager[dict[str, Any]]:
-    return nullcontext({})
 
 
 def _bench_workload(
@@ -199,29 +231,29 @@ def _bench_workload(
     specs: dict[str, tuple[SchedulerSpec, Setup]],
     dask_gets: dict[str, tuple[str, Get]],
     workers: int,
-    repeat: int,
+    timing: _Timing,
 ) -> None:
     """Build ``w``'s graph once; measure the baseline, then every scheduler and its Dask counterpart."""
     graph, out = w.build(size)
     tasks = len(graph)
     print(f"\n{w.name}: {w.describe(size)} ({tasks:,} tasks)", flush=True)
     calls = direct(graph, out)
-    baseline_s, expected = _best_time(calls, repeat)
+    baseline_s, expected, _ = _best_time(calls, timing)
     del calls
     print(f"  {'direct calls':<28} {baseline_s / tasks * 1e6:8.2f} µs/task", flush=True)
     for name, (spec, setup) in specs.items():
-        row = Row(w.name, name, "taskloom", tasks, baseline_s=baseline_s, repeat=repeat)
+        row = Row(w.name, name, "taskloom", tasks, baseline_s=baseline_s)
         try:
-            with setup(workers) as kwargs:
-                _measure(row, _taskloom_get(spec, workers, kwargs), graph, out, expected, repeat)
+            with setup() as kwargs:
+                _measure(row, _taskloom_get(spec, workers, kwargs), graph, out, expected, timing)
         except Exception as exc:  # the setup itself failed
             row.error = _describe(exc)
             print(f"  {name:<28} ERROR {row.error}", flush=True)
         report.rows.append(row)
         if name in dask_gets:
             label, get = dask_gets[name]
-            theirs = Row(w.name, label, "dask", tasks, baseline_s=baseline_s, pair=name, repeat=repeat)
-            _measure(theirs, get, graph, out, expected, repeat)
+            theirs = Row(w.name, label, "dask", tasks, baseline_s=baseline_s, pair=name)
+            _measure(theirs, get, graph, out, expected, timing)
             report.rows.append(theirs)
 
 
@@ -235,11 +267,11 @@ def _taskloom_get(spec: SchedulerSpec, workers: int, kwargs: dict[str, Any]) -> 
     return run
 
 
-def _measure(row: Row, get: Get, graph: dict[Any, Any], out: Any, expected: Any, repeat: int) -> None:
+def _measure(row: Row, get: Get, graph: dict[Any, Any], out: Any, expected: Any, timing: _Timing) -> None:
     """Fill ``row``: best wall time, result, then the tracemalloc peak of one more run."""
     label = f"{row.scheduler}" if row.engine == "taskloom" else f"{row.scheduler} (dask)"
     try:
-        row.wall_s, row.result = _best_time(lambda: get(graph, out), repeat)
+        row.wall_s, row.result, row.repeat = _best_time(lambda: get(graph, out), timing)
         if row.result != expected:
             raise AssertionError(f"wrong result {row.result!r}, expected {expected!r}")
         row.peak_bytes = _peak_bytes(lambda: get(graph, out))
@@ -258,17 +290,27 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
 
 
-def _best_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """The best wall time of ``repeat`` calls of ``fn`` (a full collection before each) and its result."""
+class _Timing(NamedTuple):
+    repeat: int  # runs per figure
+    budget: float  # seconds after which no further run starts
+
+
+def _best_time(fn: Callable[[], Any], timing: _Timing) -> tuple[float, Any, int]:
+    """Best wall time of up to ``repeat`` calls of ``fn`` (``gc.collect()`` before each), result, runs."""
     best = float("inf")
     result = None
-    for _ in range(repeat):
+    spent = 0.0
+    runs = 0
+    while runs < timing.repeat and (runs == 0 or spent < timing.budget):
         result = None
         gc.collect()
         t0 = time.perf_counter()
         result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
+        t = time.perf_counter() - t0
+        best = min(best, t)
+        spent += t
+        runs += 1
+    return best, result, runs
 
 
 def _peak_bytes(fn: Callable[[], Any]) -> int:
@@ -348,6 +390,8 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--workload", name]
     if args.repeat != 5:
         parts += ["--repeat", str(args.repeat)]
+    if args.budget != 30.0:
+        parts += ["--budget", f"{args.budget:g}"]
     if args.num_workers:
         parts += ["--num-workers", str(args.num_workers)]
     if args.compare:
