@@ -98,7 +98,7 @@ def measure(schedulers: dict[str, dict[str, Any]], repeat: int = 2) -> list[dict
         return rows
     graph, keys = array_graph()
     for name, options in schedulers.items():
-        t = _best(lambda: taskloom.get(graph, keys, scheduler=name, **options), repeat)
+        t = _best(graph, keys, name, options, repeat)
         rows.append(
             {
                 "workload": "arrays",
