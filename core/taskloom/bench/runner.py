@@ -174,36 +174,14 @@ def _setup_of(spec: SchedulerSpec, explicit: bool) -> Setup:
             "it runs on a configured executor and 'pool' is not set (config.set(pool=...)); "
             "choose it with --scheduler pool to run it on its own setup's executor"
         )
+    if spec.name == "dask" and not explicit:
+        raise _Skip(
+            "it runs taskloom graphs on a dask.distributed cluster (a route to Dask's engine, not a "
+            "taskloom scheduler to compare); choose it with --scheduler dask"
+        )
     if spec.setup is not None:
         return spec.setup
-    if spec.name == "dask":
-        return _dask_cluster_setup(explicit)
     return _no_setup
-
-
-def _dask_cluster_setup(explicit: bool) -> Setup:
-    if not explicit:
-        raise _Skip(
-            "it runs on a dask.distributed cluster and provides no setup; choose it with "
-            "--scheduler dask and the bench starts an in-process LocalCluster for it"
-        )
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        raise _Skip("it needs dask.distributed, which is not installed") from None
-    return _local_cluster
-
-
-@contextmanager
-def _local_cluster() -> Iterator[dict[str, Any]]:
-    """An in-process dask.distributed cluster: one worker with two threads."""
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as c,
-        Client(c) as client,
-    ):
-        yield {"client": client}
 
 
 def _no_setup() -> AbstractContextManager[dict[str, Any]]:

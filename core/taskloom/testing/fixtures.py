@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-POOL_THREAD_PREFIXES: tuple[str, ...] = ("taskloom-threads",)
+POOL_THREAD_PREFIXES: tuple[str, ...] = ("taskloom-threads", "Dask-Offload")
 """Name prefixes of the threads that shared, reused pools keep between tests."""
 
 
