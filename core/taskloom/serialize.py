@@ -197,3 +197,37 @@ def describe(obj: Any) -> str:
 def frames_nbytes(frames: Sequence[Any]) -> int:
     """Total size of ``frames`` in bytes."""
     return sum(memoryview(f).nbytes for f in frames)
+
+
+def find_unpicklable(task: Any) -> tuple[str, Any] | None:
+    """The path (``args[1].conn``) and value of the first part of ``task`` that cloudpickle
+    cannot pickle -- its function, an argument, or something inside one -- or None."""
+    import cloudpickle
+
+    def ok(obj: Any) -> bool:
+        try:
+            cloudpickle.dumps(obj)
+            return True
+        except Exception:
+            return False
+
+    def walk(obj: Any, path: str, depth: int) -> tuple[str, Any]:
+        children: list[tuple[str, Any]] = []
+        if depth < 20:
+            if isinstance(obj, (list, tuple)):
+                children = [(f"{path}[{i}]", x) for i, x in enumerate(obj)]
+            elif isinstance(obj, dict):
+                children = [(f"{path}[{k!r}]", v) for k, v in obj.items()]
+            elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+                children = [(f"{path}.{k}", v) for k, v in vars(obj).items()]
+        for child_path, child in children:
+            if not ok(child):
+                return walk(child, child_path, depth + 1)
+        return path, obj
+
+    parts = [("the function", task.func)] + [(f"args[{i}]", a) for i, a in enumerate(task.args)]
+    parts += [(f"kwargs[{k!r}]", v) for k, v in task.kwargs.items()]
+    for path, obj in parts:
+        if not ok(obj):
+            return walk(obj, path, 0)
+    return None

@@ -26,7 +26,14 @@ from taskloom.errors import TaskloomError, WorkerPluginError
 from taskloom.graph import Key, to_wire
 from taskloom.local import ExecutionState, TaskEvents, cpu_count, task_events
 from taskloom.order import plan
-from taskloom.serialize import SerializationError, custom_for, custom_serializers, describe, registry_version
+from taskloom.serialize import (
+    SerializationError,
+    custom_for,
+    custom_serializers,
+    describe,
+    find_unpicklable,
+    registry_version,
+)
 from taskloom.worker import worker_plugins
 
 from .placement import Placement
@@ -414,16 +421,13 @@ def _unpicklable(tasks: list[tuple[Key, Any]], inputs: list[tuple[Key, Any]], ex
     import cloudpickle
 
     for key, task in tasks:
-        parts = [("function", task.func)] + [(f"argument {n}", a) for n, a in enumerate(task.args)]
-        parts += [(f"keyword argument {k!r}", v) for k, v in task.kwargs.items()]
-        for what, obj in parts:
-            try:
-                cloudpickle.dumps(obj)
-            except Exception as inner:
-                return SerializationError(
-                    f"task {key!r} cannot be sent to a worker process: its {what} is "
-                    f"{describe(obj)}, which cannot be pickled ({type(inner).__name__}: {inner})"
-                )
+        found = find_unpicklable(task)
+        if found is not None:
+            path, obj = found
+            return SerializationError(
+                f"task {key!r} cannot be sent to a worker process: {path} is {describe(obj)}, "
+                "which cannot be pickled"
+            )
     for key, value in inputs:
         try:
             cloudpickle.dumps(value)

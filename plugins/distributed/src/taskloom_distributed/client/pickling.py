@@ -6,7 +6,7 @@ from typing import Any
 
 from taskloom.errors import TaskloomError
 from taskloom.graph import Key, Task
-from taskloom.serialize import SerializationError, cloudpickle_dumps, describe, pickle_dumps
+from taskloom.serialize import SerializationError, cloudpickle_dumps, describe, find_unpicklable, pickle_dumps
 
 from ..comm import Serialized
 
@@ -29,45 +29,11 @@ def dumps_task(key: Key, task: Task) -> Serialized:
     try:
         return Serialized("cloudpickle", cloudpickle_dumps(task))
     except Exception as exc:
-        path, bad = find_unpicklable(task)
+        path, bad = find_unpicklable(task) or ("the task", task)
         raise SerializationError(
             f"task {key!r} cannot be sent to the cluster: {path} is {describe(bad)}, which cannot be "
             f"pickled ({type(exc).__name__}: {exc})"
         ) from None
-
-
-def find_unpicklable(task: Task) -> tuple[str, Any]:
-    """The path (``args[1].conn``) and value of the first part of ``task`` that will not pickle."""
-    import cloudpickle
-
-    def ok(obj: Any) -> bool:
-        try:
-            cloudpickle.dumps(obj)
-            return True
-        except Exception:
-            return False
-
-    def walk(obj: Any, path: str, depth: int) -> tuple[str, Any]:
-        if depth > 20:
-            return path, obj
-        children: list[tuple[str, Any]] = []
-        if isinstance(obj, (list, tuple)):
-            children = [(f"{path}[{i}]", x) for i, x in enumerate(obj)]
-        elif isinstance(obj, dict):
-            children = [(f"{path}[{k!r}]", v) for k, v in obj.items()]
-        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
-            children = [(f"{path}.{k}", v) for k, v in vars(obj).items()]
-        for child_path, child in children:
-            if not ok(child):
-                return walk(child, child_path, depth + 1)
-        return path, obj
-
-    parts = [("the function", task.func)] + [(f"args[{i}]", a) for i, a in enumerate(task.args)]
-    parts += [(f"kwargs[{k!r}]", v) for k, v in task.kwargs.items()]
-    for path, obj in parts:
-        if not ok(obj):
-            return walk(obj, path, 0)
-    return "the task", task
 
 
 class RemoteTraceback(Exception):
