@@ -249,3 +249,33 @@ def test_plan_of_a_long_chain_does_not_recurse() -> None:
         graph["c", i] = (operator.add, ("c", i - 1), 1)
     p = plan(graph, [("c", 49_999)])
     assert len(p.order) == 49_999 and p.order[0] == ("c", 1)
+
+
+def test_plan_compiles_a_list_of_keys_argument_to_the_equivalent_task() -> None:
+    graph = {("x", i): (inc, i) for i in range(3)}
+    graph["total"] = (collect, [("x", 0), ("x", 1), ("x", 2)], "tail")
+    p = plan(graph, ["total"])
+    task = p.tasks["total"]
+    expected = Task(collect, [Ref(("x", 0)), Ref(("x", 1)), Ref(("x", 2))], "tail")
+    assert task == expected and repr(task) == repr(expected)
+    assert task.dependencies == (("x", 0), ("x", 1), ("x", 2))
+    assert task({("x", 0): 1, ("x", 1): 2, ("x", 2): 3}) == (([1, 2, 3], "tail"), {})
+    assert pickle.loads(pickle.dumps(task)) == expected
+
+
+def test_lists_mixing_keys_and_literals_or_tasks_keep_the_classic_meaning() -> None:
+    graph: dict[Any, Any] = {"a": 1, "b": 2}
+    graph["mixed"] = (collect, ["a", 5, "nokey"])
+    graph["nested"] = (collect, ["a", (inc, "b"), ["b"]])
+    p = plan(graph, ["mixed", "nested"])
+    assert p.tasks["mixed"]({"a": 1}) == ((([1, 5, "nokey"]),), {})
+    assert p.tasks["nested"]({"a": 1, "b": 2}) == ((([1, 3, [2]]),), {})
+
+
+def test_compiled_tasks_travel_as_their_general_form() -> None:
+    from taskloom.graph import from_wire, to_wire
+
+    graph = {"a": (inc, 1), "b": (inc, 2), "s": (collect, ["a", "b"], "a")}
+    task = plan(graph, ["s"]).tasks["s"]
+    rebuilt = from_wire(task.func, *to_wire(task))
+    assert rebuilt({"a": 2, "b": 3}) == (([2, 3], 2), {})

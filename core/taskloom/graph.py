@@ -198,14 +198,61 @@ class _TupleTask(Task):
         return self._as_task().__reduce__()
 
 
+class _GatherTask(_TupleTask):
+    """A classic tuple with flat lists of keys among its arguments, such as ``(sum, [k1, k2, ...])``.
+
+    ``_lists`` holds ``(position, keys)`` for each such list; the call builds each list from the
+    values directly, with no :class:`Ref` per element.  Only the planner creates these.
+    """
+
+    __slots__ = ("_lists",)
+
+    _lists: tuple[tuple[int, tuple[Key, ...]], ...]
+
+    def __call__(self, data: Mapping[Key, Any]) -> Any:
+        args = list(self.args)
+        for i, key in self._refs:  # type: ignore[union-attr]
+            args[i] = data[key]
+        for i, keys in self._lists:
+            args[i] = [data[k] for k in keys]
+        return self.func(*args)
+
+    def _as_task(self) -> Task:
+        args = list(self.args)
+        for i, key in self._refs or ():
+            args[i] = Ref(key)
+        for i, keys in self._lists:
+            args[i] = [Ref(k) for k in keys]
+        return Task(self.func, *args)
+
+
 _new = object.__new__
+_NO_KWARGS: dict[str, Any] = {}  # shared by every compiled tuple; never mutated
+
+
+def _key_list(items: list[Any], graph: Mapping[Key, Any]) -> tuple[Key, ...] | None:
+    """``items`` as a tuple of keys if every item is a key of ``graph``; else None."""
+    for x in items:
+        t = type(x)
+        if t is tuple:
+            if x and callable(x[0]):
+                return None
+        elif t is not str and t is not int and t not in _ATOMIC:
+            return None
+        try:
+            if x not in graph:
+                return None
+        except TypeError:  # an unhashable literal inside a tuple
+            return None
+    return tuple(items)
 
 
 def compile_tuple(value: tuple[Any, ...], graph: Mapping[Key, Any]) -> Task:
-    """A classic task tuple as an executable task, with a fast path for flat arguments."""
+    """A classic task tuple as an executable task, with fast paths for flat arguments and key lists."""
     args = value[1:]
     deps: list[Key] = []
     refs = []
+    lists = None
     i = 0
     for a in args:
         t = type(a)
@@ -218,16 +265,30 @@ def compile_tuple(value: tuple[Any, ...], graph: Mapping[Key, Any]) -> Task:
                 pass
             if t is tuple and a and callable(a[0]):
                 return to_task(value, graph)  # nested task: general path
-        elif t is list or t is dict or t is Ref or t is Task:
+        elif t is list:
+            keys = _key_list(a, graph)
+            if keys is None:
+                return to_task(value, graph)  # nested tasks, lists or literals: general path
+            if lists is None:
+                lists = [(i, keys)]
+            else:
+                lists.append((i, keys))
+            deps.extend(keys)
+        elif t is dict or t is Ref or t is Task:
             return to_task(value, graph)
         elif t in _ATOMIC and a in graph:  # bytes, float keys
             refs.append((i, a))
             deps.append(a)
         i += 1
-    task: Task = _new(_TupleTask)
+    task: Task
+    if lists is None:
+        task = _new(_TupleTask)
+    else:
+        task = _new(_GatherTask)
+        task._lists = tuple(lists)
     task.func = value[0]
     task.args = args
-    task.kwargs = {}
+    task.kwargs = _NO_KWARGS
     task.dependencies = tuple(dict.fromkeys(deps)) if len(deps) > 1 else tuple(deps)
     task._refs = tuple(refs)
     return task
@@ -239,6 +300,8 @@ def to_wire(task: Task) -> tuple[tuple[Any, ...], dict[str, Any], tuple[tuple[in
     Schedulers that send many tasks of few functions send each function once and these parts
     per task; :func:`from_wire` rebuilds an executable task without re-analysing the arguments.
     """
+    if type(task) is _GatherTask:
+        task = task._as_task()  # the general form; rare (a few reductions per graph)
     return task.args, task.kwargs, task._refs
 
 

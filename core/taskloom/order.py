@@ -21,13 +21,14 @@ The same pass does the rest of the up-front work, so nothing touches a key twice
 from __future__ import annotations
 
 import gc
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from .errors import KeysNotFoundError, MissingDependencyError
-from .graph import Key, Task, compile_value, raise_cycle
+from .graph import Key, Task, compile_tuple, raise_cycle, to_task
 
 
 @attrs.define(slots=True, eq=False)
@@ -80,53 +81,70 @@ def _plan(graph: Mapping[Key, Any], outputs: list[Key]) -> Plan:
     if missing:
         raise KeysNotFoundError(missing)
     order: list[Key] = []
-    tasks: dict[Key, Any] = {}  # visited keys -> converted value; Task or literal
+    seen: dict[Key, Any] = {}  # expanded keys -> Task, or _LITERAL for a data value
     literals: dict[Key, Any] = {}
-    refcount: dict[Key, int] = {}
     done: set[Key] = set()
-    append = order.append
+    edges: list[Key] = []  # every dependency of every task, counted in C at the end
+    append, add, get, extend = order.append, done.add, seen.get, edges.extend
     for root in outputs:
-        refcount[root] = refcount.get(root, 0) + 1
         if root in done:
             continue
         stack = [root]
+        push = stack.append
         while stack:
             k = stack[-1]
-            if k in done:
+            if get(k) is not None:  # second visit (dependencies done), or a stale duplicate
                 stack.pop()
+                if k not in done:
+                    add(k)
+                    append(k)
                 continue
-            task = tasks.get(k, _UNSEEN)
-            if task is not _UNSEEN:  # second visit: every dependency is done
-                stack.pop()
-                done.add(k)
-                append(k)
-                continue
-            task = compile_value(graph[k], graph)
-            if not isinstance(task, Task):
-                stack.pop()
-                done.add(k)
-                literals[k] = task
-                continue
-            tasks[k] = task
-            deps = task.dependencies
-            if not deps:
-                stack.pop()
-                done.add(k)
-                append(k)
-                continue
-            for d in reversed(deps):
-                refcount[d] = refcount.get(d, 0) + 1
-                if d in done:
+            try:
+                value = graph[k]
+            except KeyError:
+                raise MissingDependencyError(k, _referrer(k, seen)) from None
+            if type(value) is tuple and value and callable(value[0]):
+                task = compile_tuple(value, graph)
+            else:
+                task = to_task(value, graph)
+                if not isinstance(task, Task):
+                    stack.pop()
+                    add(k)
+                    seen[k] = _LITERAL
+                    literals[k] = task
                     continue
-                if d in tasks:  # visited but not done: d is an ancestor of k
-                    raise_cycle(d, tasks)
-                if d not in graph:
-                    raise MissingDependencyError(d, k)
-                stack.append(d)
-    return Plan(order, tasks, literals, refcount, list(outputs))
+            seen[k] = task
+            deps = task.dependencies
+            pushed = False
+            if deps:
+                extend(deps)
+                for d in reversed(deps):
+                    if get(d) is None:
+                        push(d)
+                        pushed = True
+                    elif d not in done:  # expanded but not done: d is an ancestor of k
+                        raise_cycle(d, seen)
+            if not pushed:  # every dependency already done: no second visit needed
+                stack.pop()
+                add(k)
+                append(k)
+    for k in literals:
+        del seen[k]
+    refcount = Counter(edges)
+    for root in outputs:
+        refcount[root] += 1
+    return Plan(order, seen, literals, refcount, list(outputs))
 
 
-_UNSEEN: Any = object()
+_LITERAL: Any = object()
+
+
+def _referrer(key: Key, seen: Mapping[Key, Any]) -> Key:
+    """A key whose task refers to ``key`` (for the missing-dependency error)."""
+    for k, task in seen.items():
+        if isinstance(task, Task) and key in task.dependencies:
+            return k
+    return key
 
 
 def _missing(key: Any, graph: Mapping[Key, Any]) -> bool:
