@@ -202,35 +202,46 @@ class ExecutionState:
         key = self.plan.order[i]
         return i, key, self.plan.tasks[key]
 
-    def pop_batch(self, n: int) -> list[tuple[int, Key, Task]]:
+    def pop_batch(self, n: int, follow: int | None = None) -> list[tuple[int, Key, Task]]:
         """Up to ``n`` ready tasks, plus the dependents that can run right after them, in priority order.
 
         A dependent joins the batch when each of its dependencies is finished or in the batch
         (and it has at most ``FOLLOW_MAX_DEPS`` of them): running the batch in priority order is
         then the same depth-first order the sync scheduler follows, so batching keeps its memory
         behaviour -- a subtree is reduced inside the batch instead of leaving its leaves waiting.
+        ``follow`` caps how many dependents may join; by default any number may when more than
+        one task is picked, and none when one is.
         """
         ready = self.ready
         if not ready or self.error is not None:
             return []
         picked = [heapq.heappop(ready) for _ in range(min(n, len(ready)))]
         order, tasks, data = self.plan.order, self.plan.tasks, self.data
-        if len(picked) > 1:
+        if follow is None:
+            follow = len(ready) + len(order) if len(picked) > 1 else 0
+        if follow > 0:
             waiting, dependents, claimed = self.waiting, self.dependents, self.claimed
             inside = {order[i] for i in picked}
             stack = list(picked)
-            while stack:
+            while stack and follow:
                 for j in dependents[stack.pop()]:
                     w = waiting[j]
                     if w == 0 or w > FOLLOW_MAX_DEPS or j in claimed:
                         continue
                     key = order[j]
-                    if all(d in data or d in inside for d in tasks[key].dependencies):
+                    for d in tasks[key].dependencies:
+                        if d not in data and d not in inside:
+                            break
+                    else:
                         claimed.add(j)
                         picked.append(j)
                         inside.add(key)
                         stack.append(j)
-            picked.sort()
+                        follow -= 1
+                        if not follow:
+                            break
+            if len(picked) > 1:
+                picked.sort()
         self.running += len(picked)
         return [(i, order[i], tasks[order[i]]) for i in picked]
 

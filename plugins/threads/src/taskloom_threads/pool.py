@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 _MAX_BATCH = 32
+_MAX_FOLLOW = 256  # dependents that may join a batch of short tasks (a chain runs in batches of this)
 _BATCH_BELOW = 50e-6  # seconds: tasks shorter than this on average are handed out in batches
 
 
@@ -154,10 +155,10 @@ class ThreadPool:
         """
         for run in self._runs:
             state = run.state
-            n = 1
             if run.mean_duration < _BATCH_BELOW:
-                n = 1 + min(_MAX_BATCH, len(state.ready) // self.size)
-            batch = state.pop_batch(n)
+                batch = state.pop_batch(1 + min(_MAX_BATCH, len(state.ready) // self.size), _MAX_FOLLOW)
+            else:
+                batch = state.pop_batch(1, 0)
             if batch:
                 return run, batch
         return None
