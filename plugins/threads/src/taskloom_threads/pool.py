@@ -40,6 +40,19 @@ _MAX_FOLLOW = 256  # dependents that may join a batch of short tasks (a chain ru
 _BATCH_BELOW = 50e-6  # seconds: tasks shorter than this on average are handed out in batches
 
 
+def _drop_consumed(
+    task: Task, inside: set[Key], uses: dict[Key, int], refcount: dict[Key, int], data: dict[Key, Any]
+) -> None:
+    """Drop the inputs of ``task`` made inside its batch once the batch has used them up."""
+    for d in task.dependencies:
+        if d in inside:
+            u = uses.get(d, 0) + 1
+            if u == refcount[d]:
+                data.pop(d, None)
+            else:
+                uses[d] = u
+
+
 class _Run:
     __slots__ = ("done", "events", "helped", "mean_duration", "scheduler", "state")
 
@@ -185,6 +198,17 @@ class ThreadPool:
         inside = {key for _, key, _ in batch} if len(batch) > 1 else None
         refcount = run.state.plan.refcount
         uses: dict[Key, int] = {}
+        if not observed and not transitions:  # the common case, kept lean
+            for i, key, task in batch:
+                try:
+                    data[key] = task(data)
+                except BaseException as exc:
+                    annotate(exc, key, run.scheduler)
+                    return run, done, (i, exc), clock() - t_batch
+                if inside is not None:
+                    _drop_consumed(task, inside, uses, refcount, data)
+                done.append(i)
+            return run, done, None, clock() - t_batch
         for i, key, task in batch:
             t0 = clock() if observed else 0.0
             ran = False
@@ -200,13 +224,7 @@ class ThreadPool:
                 if transitions:
                     runtime.transition(key, "executing", "memory")
                 if inside is not None:
-                    for d in task.dependencies:
-                        if d in inside:
-                            u = uses.get(d, 0) + 1
-                            if u == refcount[d]:
-                                data.pop(d, None)
-                            else:
-                                uses[d] = u
+                    _drop_consumed(task, inside, uses, refcount, data)
             except BaseException as exc:
                 annotate(exc, key, run.scheduler)
                 try:
