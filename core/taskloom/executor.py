@@ -342,7 +342,8 @@ class _Driver:
                 start(key=key, worker=worker)
             if status == _OK:
                 if finish is not None:
-                    finish(key=key, worker=worker, duration=t1 - t0, error=None)
+                    nbytes = self.events.nbytes(value)
+                    finish(key=key, worker=worker, duration=t1 - t0, error=None, nbytes=nbytes)
                 state.finish(i, value)
                 busy += t1 - t0
                 continue
@@ -351,7 +352,7 @@ class _Driver:
             exc = unpack_error(value, key) if self.remote else value
             annotate(exc, key, self.scheduler)
             if finish is not None:
-                finish(key=key, worker=worker, duration=t1 - t0, error=exc)
+                finish(key=key, worker=worker, duration=t1 - t0, error=exc, nbytes=None)
             raise exc
         if results:
             self.synced.add(results[0][5])

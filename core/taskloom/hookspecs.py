@@ -110,13 +110,20 @@ def taskloom_task_start(key: Any, worker: str) -> None:
 
 
 @hookspec
-def taskloom_task_finish(key: Any, worker: str, duration: float, error: BaseException | None) -> None:
+def taskloom_task_finish(
+    key: Any, worker: str, duration: float, error: BaseException | None, nbytes: int | None
+) -> None:
     """A task has finished, successfully or not.
 
     :param key: the task's key.
     :param worker: the worker's identifier.
     :param duration: seconds the task ran.
     :param error: the exception it raised, or ``None``.
+    :param nbytes: the size of the result in bytes (:func:`taskloom.sizeof.sizeof` of the value,
+        or its serialized size where the result lives in another process), or ``None`` after an
+        error.  Schedulers measure it only when some implementation of this hook names
+        ``nbytes`` among its arguments (see :attr:`taskloom.local.TaskEvents.sizes`), so
+        listeners that leave it out cost nothing extra.
     """
 
 

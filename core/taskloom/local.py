@@ -34,6 +34,7 @@ import attrs
 from .graph import Key, Task
 from .order import Plan
 from .plugins import get_plugin_manager
+from .sizeof import sizeof
 
 
 def cpu_count() -> int:
@@ -50,10 +51,15 @@ class TaskEvents:
 
     start: Callable[..., Any] | None
     finish: Callable[..., Any] | None
+    sizes: bool = False  # a finish listener takes ``nbytes``: measure each result's size
 
     @property
     def active(self) -> bool:
         return self.start is not None or self.finish is not None
+
+    def nbytes(self, value: Any) -> int | None:
+        """The ``nbytes`` argument of ``finish`` for a task that returned ``value``."""
+        return sizeof(value) if self.sizes else None
 
 
 def task_events() -> TaskEvents:
@@ -61,9 +67,11 @@ def task_events() -> TaskEvents:
     hook = get_plugin_manager().hook
     start = hook.taskloom_task_start
     finish = hook.taskloom_task_finish
+    finish_impls = finish.get_hookimpls()
     return TaskEvents(
         start if start.get_hookimpls() else None,
-        finish if finish.get_hookimpls() else None,
+        finish if finish_impls else None,
+        any("nbytes" in impl.argnames for impl in finish_impls),
     )
 
 
@@ -122,10 +130,12 @@ def _execute_inline_observed(
         except BaseException as exc:
             annotate(exc, key, scheduler)
             if finish_hook is not None:
-                finish_hook(key=key, worker=worker, duration=clock() - t0, error=exc)
+                finish_hook(key=key, worker=worker, duration=clock() - t0, error=exc, nbytes=None)
             raise
         if finish_hook is not None:
-            finish_hook(key=key, worker=worker, duration=clock() - t0, error=None)
+            duration = clock() - t0
+            nbytes = events.nbytes(data[key])
+            finish_hook(key=key, worker=worker, duration=duration, error=None, nbytes=nbytes)
         for dep in task.dependencies:
             n = refcount[dep] - 1
             if n:

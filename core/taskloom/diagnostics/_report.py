@@ -9,8 +9,8 @@ Python, so the file opens anywhere, offline, and needs nothing but a browser.
 
 Elements carry stable hooks for tools and tests: each task is ``<rect class="task"
 data-key="<repr of key>">`` inside ``<g class="worker" data-worker="<name>">``; the resource
-charts are ``<svg id="cpu-plot">`` and ``<svg id="memory-plot">``, the cache chart
-``<svg id="cache-plot">``.
+charts are ``<svg id="cpu-plot">`` and ``<svg id="memory-plot">``, the cache charts
+``<svg id="cache-plot">`` (results held) and ``<svg id="cache-bytes-plot">`` (their bytes, when known).
 """
 
 from __future__ import annotations
@@ -174,6 +174,12 @@ def _page(
     if has_cache:
         steps = [(t, float(n)) for t, n in occupancy(cache)]
         parts += ["<h2>Results held</h2>", _line_chart("cache-plot", "cache", steps, axis, "", step=True)]
+        if any(r.nbytes for r in cache):
+            held = [(t, n / 2**20) for t, n in occupancy(cache, "nbytes")]
+            parts += [
+                "<h2>Bytes held</h2>",
+                _line_chart("cache-bytes-plot", "cache", held, axis, " MiB", step=True),
+            ]
     parts += ["<h2>Summary</h2>", _summary(tasks, resources, cache, colours), "</body></html>"]
     return "\n".join(parts)
 
@@ -274,6 +280,8 @@ def _summary(
         ]
     if cache:
         rows.append(("Results cached", str(len(cache))))
+        if any(r.nbytes for r in cache):
+            rows.append(("Largest result", f"{max(r.nbytes for r in cache) / 2**20:.2f} MiB"))
     head = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
     out = [f'<table id="summary">{head}</table>']
     if tasks:

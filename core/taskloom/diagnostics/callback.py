@@ -11,6 +11,7 @@ costs nothing at all.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from types import SimpleNamespace, TracebackType
@@ -152,11 +153,22 @@ def _relay_for(listeners: Mapping[str, Callable[..., object]]) -> SimpleNamespac
 
         relay.taskloom_task_start = hookimpl(taskloom_task_start)
     if (on_task_finish := listeners.get("task_finish")) is not None:
+        if _takes_nbytes(on_task_finish):  # only then do schedulers measure result sizes
 
-        def taskloom_task_finish(key: Any, worker: str, duration: float, error: BaseException | None) -> None:
-            on_task_finish(key, worker, duration, error)
+            def taskloom_task_finish(
+                key: Any, worker: str, duration: float, error: BaseException | None, nbytes: int | None
+            ) -> None:
+                on_task_finish(key, worker, duration, error, nbytes=nbytes)
 
-        relay.taskloom_task_finish = hookimpl(taskloom_task_finish)
+            relay.taskloom_task_finish = hookimpl(taskloom_task_finish)
+        else:
+
+            def taskloom_task_finish_(
+                key: Any, worker: str, duration: float, error: BaseException | None
+            ) -> None:
+                on_task_finish(key, worker, duration, error)
+
+            relay.taskloom_task_finish = hookimpl(specname="taskloom_task_finish")(taskloom_task_finish_)
     if (on_finish := listeners.get("finish")) is not None:
 
         def taskloom_compute_finish(keys: Sequence[Any], error: BaseException | None) -> None:
@@ -164,3 +176,12 @@ def _relay_for(listeners: Mapping[str, Callable[..., object]]) -> SimpleNamespac
 
         relay.taskloom_compute_finish = hookimpl(taskloom_compute_finish)
     return relay
+
+
+def _takes_nbytes(func: Callable[..., object]) -> bool:
+    """Whether ``func`` accepts an ``nbytes`` keyword argument."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "nbytes" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)

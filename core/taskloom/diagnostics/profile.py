@@ -252,19 +252,27 @@ class ResourceProfiler(Recorder[ResourceRecord]):
 
 @attrs.frozen
 class CacheRecord:
-    """The result of ``key``, made on ``worker`` in ``cost`` seconds, was held in memory from
-    ``stored`` until ``freed``."""
+    """The result of ``key``, ``nbytes`` bytes made on ``worker`` in ``cost`` seconds, was held
+    in memory from ``stored`` until ``freed``."""
 
     key: Any
     worker: str
     cost: float
     stored: float
     freed: float
+    nbytes: int = 0
 
 
-def occupancy(records: Iterable[CacheRecord]) -> list[tuple[float, int]]:
-    """``(time, number of results held)`` at every store and free of ``records``, in time order."""
-    events = [(r.stored, 1) for r in records] + [(r.freed, -1) for r in records]
+def occupancy(records: Iterable[CacheRecord], metric: str = "count") -> list[tuple[float, int]]:
+    """``(time, results held)`` at every store and free of ``records``, in time order.
+
+    ``metric="count"`` counts the results held; ``metric="nbytes"`` sums their sizes in bytes.
+    """
+    if metric not in ("count", "nbytes"):
+        raise ValueError(f"occupancy metric must be 'count' or 'nbytes', got {metric!r}")
+    by_size = metric == "nbytes"
+    events = [(r.stored, r.nbytes if by_size else 1) for r in records]
+    events += [(r.freed, -(r.nbytes if by_size else 1)) for r in records]
     events.sort(key=lambda e: (e[0], -e[1]))
     out: list[tuple[float, int]] = []
     held = 0
@@ -284,11 +292,10 @@ class CacheProfiler(Recorder[CacheRecord]):
     :meth:`occupancy` gives the number of results held over time -- what Dask's
     ``CacheProfiler`` shows with its default metric.
 
-    Result *sizes* are not recorded: the diagnostics hooks carry no result nor its size (with
-    the ``processes`` scheduler most results never reach this process), and measuring them
-    would mean wrapping every task.  Sizes need the schedulers to report them in
-    ``taskloom_task_finish`` (for example an ``nbytes`` argument, which the ``processes``
-    scheduler knows from the pickled payload).
+    Each record carries the result's size in bytes (``nbytes``): :func:`taskloom.sizeof.sizeof`
+    of the value for in-process schedulers, the serialized size the worker reports for the
+    ``processes`` and ``distributed`` schedulers.  ``occupancy("nbytes")`` gives bytes held
+    over time -- what Dask's ``CacheProfiler(metric=nbytes)`` shows.
     """
 
     def __init__(self) -> None:
@@ -296,7 +303,7 @@ class CacheProfiler(Recorder[CacheRecord]):
         self._computes = 0
         self._deps: dict[Key, tuple[Key, ...]] = {}
         self._needed_by: dict[Key, int] = {}  # tasks still to run that need the key
-        self._held: dict[Key, tuple[str, float, float]] = {}  # key -> (worker, cost, stored)
+        self._held: dict[Key, tuple[str, float, float, int]] = {}  # key -> (worker, cost, stored, nbytes)
 
     def start(self, graph: Mapping[Any, Any], keys: Sequence[Any], scheduler: str) -> None:
         found = needed_tasks(graph, keys) or {}
@@ -313,12 +320,14 @@ class CacheProfiler(Recorder[CacheRecord]):
                 if k in deps:
                     needed_by[k] = needed_by.get(k, 0) + 1
 
-    def task_finish(self, key: Any, worker: str, duration: float, error: BaseException | None) -> None:
+    def task_finish(
+        self, key: Any, worker: str, duration: float, error: BaseException | None, nbytes: int | None = None
+    ) -> None:
         if error is not None:
             return  # no result; the engine keeps its inputs until the compute ends
         now = time.time()
         with self._lock:
-            self._held[key] = (worker, duration, now)
+            self._held[key] = (worker, duration, now, nbytes or 0)
             needed_by = self._needed_by
             for d in self._deps.get(key, ()):
                 n = needed_by.get(d, 0) - 1
@@ -346,15 +355,16 @@ class CacheProfiler(Recorder[CacheRecord]):
                 self._free(k, now)
             self._reset()
 
-    def occupancy(self) -> list[tuple[float, int]]:
-        """``(time, number of results held)`` at every store and free, in time order."""
-        return occupancy(self.results)
+    def occupancy(self, metric: str = "count") -> list[tuple[float, int]]:
+        """``(time, results held)`` at every store and free, in time order: their number
+        (``metric="count"``) or their total size in bytes (``metric="nbytes"``)."""
+        return occupancy(self.results, metric)
 
     def _free(self, key: Key, now: float) -> None:
         entry = self._held.pop(key, None)
         if entry is not None:
-            worker, cost, stored = entry
-            self.results.append(CacheRecord(key, worker, cost, stored, now))
+            worker, cost, stored, nbytes = entry
+            self.results.append(CacheRecord(key, worker, cost, stored, now, nbytes))
 
     def _reset(self) -> None:
         self._computes = 0

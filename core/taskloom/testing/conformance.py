@@ -602,6 +602,18 @@ class SchedulerConformance:
         (end,) = recorder.of("compute_finish")
         assert type(end[2]) is TaskFailure
 
+    def test_cache_profiler_records_result_sizes(self) -> None:
+        from taskloom.diagnostics import CacheProfiler
+
+        graph = {"blob": Task(bytes, 200_000), "size": Task(len, Ref("blob")), "n": (inc, "size")}
+        with CacheProfiler() as prof:
+            assert self.run_get(graph, "n") == 200_001
+        sizes = {r.key: r.nbytes for r in prof.results}
+        assert set(sizes) == {"blob", "size", "n"}
+        assert 200_000 <= sizes["blob"] < 220_000  # in memory or pickled: the payload dominates
+        assert 0 < sizes["size"] < 1_000
+        assert max(n for _, n in prof.occupancy("nbytes")) >= 200_000
+
     # -- size and memory ---------------------------------------------------------------------------
     def test_long_chain(self) -> None:
         graph: dict[Any, Any] = {("chain", 0): 0}

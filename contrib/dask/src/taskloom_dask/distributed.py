@@ -43,6 +43,7 @@ from taskloom import Ref, Task, TaskloomError, config
 from taskloom.graph import to_wire
 from taskloom.local import TaskEvents, annotate, task_events
 from taskloom.order import plan
+from taskloom.sizeof import sizeof
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -89,21 +90,23 @@ def run_task(
     """
     report = _reporter(events, i)
     if report is not None:
-        report(_START, 0.0, None)
+        report(_START, 0.0, None, None)
     t0 = time.perf_counter()
     try:
         result = func(*args, **kwargs)
     except BaseException as exc:
         annotate(exc, key, SCHEDULER)
         if report is not None:
-            report(_FINISH, time.perf_counter() - t0, _dump_error(exc))
+            report(_FINISH, time.perf_counter() - t0, _dump_error(exc), None)
         raise
     if report is not None:
-        report(_FINISH, time.perf_counter() - t0, None)
+        report(_FINISH, time.perf_counter() - t0, None, sizeof(result))
     return result
 
 
-def _reporter(events: tuple[str, str] | None, i: int) -> Callable[[int, float, bytes | None], None] | None:
+def _reporter(
+    events: tuple[str, str] | None, i: int
+) -> Callable[[int, float, bytes | None, int | None], None] | None:
     """A function that logs task ``i``'s events to the worker's event log, or ``None``."""
     if events is None:
         return None
@@ -116,8 +119,8 @@ def _reporter(events: tuple[str, str] | None, i: int) -> Callable[[int, float, b
     topic, cid = events
     address = worker.address
 
-    def report(kind: int, duration: float, blob: bytes | None) -> None:
-        worker.log_event(topic, [cid, i, kind, address, duration, blob])
+    def report(kind: int, duration: float, blob: bytes | None, nbytes: int | None) -> None:
+        worker.log_event(topic, [cid, i, kind, address, duration, blob, nbytes])
 
     return report
 
@@ -239,13 +242,16 @@ class _Compute:
         if not order:
             self.done.set()
 
-    def on_event(self, i: int, kind: int, worker: str, duration: float, blob: bytes | None) -> None:
+    def on_event(
+        self, i: int, kind: int, worker: str, duration: float, blob: bytes | None, nbytes: int | None = None
+    ) -> None:
         key = self.order[i]
         if kind == _START:
             self._call(self.events.start, key=key, worker=worker)
             return
         if blob is None:
-            self._call(self.events.finish, key=key, worker=worker, duration=duration, error=None)
+            finish = self.events.finish
+            self._call(finish, key=key, worker=worker, duration=duration, error=None, nbytes=nbytes)
         else:
             error = pickle.loads(blob)
             with self._lock:
@@ -253,7 +259,9 @@ class _Compute:
                 if held is not None:
                     held.append((key, worker, duration, error))
             if held is None:  # the compute has ended already
-                self._call(self.events.finish, key=key, worker=worker, duration=duration, error=error)
+                self._call(
+                    self.events.finish, key=key, worker=worker, duration=duration, error=error, nbytes=None
+                )
         self.finished.add(i)
         if len(self.finished) == len(self.order):
             self.done.set()
@@ -265,7 +273,8 @@ class _Compute:
         for key, worker, duration, error in held:
             if raised is not None and _same_error(error, raised):
                 error = raised
-            self._call(self.events.finish, key=key, worker=worker, duration=duration, error=error)
+            finish = self.events.finish
+            self._call(finish, key=key, worker=worker, duration=duration, error=error, nbytes=None)
 
     def _call(self, hook: Callable[..., Any] | None, **kwargs: Any) -> None:
         if hook is None:
@@ -294,10 +303,10 @@ class _Router:
         self.computes: dict[str, _Compute] = {}
 
     def __call__(self, event: tuple[float, Any]) -> None:
-        cid, i, kind, worker, duration, blob = event[1]
+        cid, i, kind, worker, duration, blob, nbytes = event[1]
         compute = self.computes.get(cid)
         if compute is not None:
-            compute.on_event(i, kind, worker, duration, blob)
+            compute.on_event(i, kind, worker, duration, blob, nbytes)
 
 
 _routers: weakref.WeakKeyDictionary[Any, _Router] = weakref.WeakKeyDictionary()

@@ -220,7 +220,8 @@ class ThreadPool:
                 data[key] = task(data)  # visible at once to tasks later in this batch
                 ran = True
                 if observed and events.finish is not None:
-                    events.finish(key=key, worker=worker, duration=clock() - t0, error=None)
+                    duration, nbytes = clock() - t0, events.nbytes(data[key])
+                    events.finish(key=key, worker=worker, duration=duration, error=None, nbytes=nbytes)
                 if transitions:
                     runtime.transition(key, "executing", "memory")
                 if inside is not None:
@@ -229,7 +230,7 @@ class ThreadPool:
                 annotate(exc, key, run.scheduler)
                 try:
                     if events.finish is not None and not ran:  # a failing finish hook is not re-told
-                        events.finish(key=key, worker=worker, duration=clock() - t0, error=exc)
+                        events.finish(key=key, worker=worker, duration=clock() - t0, error=exc, nbytes=None)
                     if transitions:
                         runtime.transition(key, "executing", "error")
                 except BaseException:
