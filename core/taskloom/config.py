@@ -11,7 +11,9 @@ Values are merged from these layers, lowest precedence first:
 3. ``TASKLOOM_A__B=value`` environment variables set ``a.b``; the value is read with
    :func:`ast.literal_eval`, falling back to the raw string;
 4. :func:`set`: applies at once, to every thread, and is undone key by key when its
-   context manager exits.
+   context manager exits;
+5. :func:`overlay`: values in force on the calling thread only, while its ``with`` block runs
+   (a distributed worker runs each client's tasks under that client's ``set`` values).
 
 Nested mappings of every layer are deep-merged (a mapping given to ``set`` sets its leaves,
 it does not replace a whole table).  Keys are lower-cased and ``-`` is read as ``_``.
@@ -42,9 +44,11 @@ __all__ = [
     "flatten",
     "format_config",
     "get",
+    "overlay",
     "refresh",
     "set",
     "set_defaults_provider",
+    "set_layer",
     "sources",
 ]
 
@@ -71,6 +75,8 @@ _provider: DefaultsProvider | None = None
 _base: _View | None = None  # defaults + files + env
 _set_layer: dict[str, Any] = {}  # dotted key -> value, applied in order
 _merged: _View | None = None  # _base with _set_layer on top
+_generation = 0  # changes whenever _set_layer does
+_thread = threading.local()  # .overlay: the calling thread's _Overlay, if any
 _loading_defaults = False
 
 
@@ -220,6 +226,9 @@ def get(key: str, default: Any = _NO_DEFAULT) -> Any:
     path = _split(key)
     with _lock:
         node: Any = _view()[0]
+        over = getattr(_thread, "overlay", None)
+        if over is not None:
+            node = over.tree(node)
         for i, part in enumerate(path):
             if not isinstance(node, dict) or part not in node:
                 if default is not _NO_DEFAULT:
@@ -243,13 +252,14 @@ class _SetContext:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        global _merged
+        global _merged, _generation
         with _lock:
             undo, self._undo = self._undo, []
             for key, hidden in reversed(undo):
                 _set_layer.pop(key, None)
                 _set_layer.update(hidden)
             _merged = None
+            _generation += 1
 
 
 def set(arg: Mapping[str, Any] | None = None, /, **kwargs: Any) -> _SetContext:
@@ -259,7 +269,7 @@ def set(arg: Mapping[str, Any] | None = None, /, **kwargs: Any) -> _SetContext:
     the previous values on exit (keys that were not set before are removed again).  A
     mapping sets its leaves and leaves the rest of a table as it was.
     """
-    global _merged
+    global _merged, _generation
     items = list(_leaves(arg)) if arg is not None else []
     items += _leaves({name.replace("__", "."): value for name, value in kwargs.items()})
     undo: list[_Undo] = []
@@ -270,7 +280,71 @@ def set(arg: Mapping[str, Any] | None = None, /, **kwargs: Any) -> _SetContext:
             undo.append((key, [(k, _set_layer.pop(k)) for k in hidden]))
             _set_layer[key] = value  # last, so it applies after any ancestor
         _merged = None
+        _generation += 1
     return _SetContext(undo)
+
+
+def set_layer(since: int | None = None) -> tuple[int, dict[str, Any] | None]:
+    """``(generation, {dotted key: value})``: the values :func:`set` has in force, in the order set.
+
+    The generation changes whenever they do; with ``since`` equal to the current generation the
+    values are not copied and ``None`` comes back (a cheap "has anything changed?").
+    """
+    if since is not None and since == _generation:  # an int read: no lock needed
+        return since, None
+    with _lock:
+        return _generation, dict(_set_layer)
+
+
+class _Overlay:
+    """Values on top of the merged view, for one thread; the merged tree is rebuilt lazily."""
+
+    __slots__ = ("_base", "_tree", "items")
+
+    def __init__(self, items: list[tuple[tuple[str, ...], Any]]) -> None:
+        self.items = items
+        self._base: Tree | None = None
+        self._tree: Tree = {}
+
+    def tree(self, base: Tree) -> Tree:
+        """``base`` (the merged view, rebuilt whenever ``set`` changes) with the items on top."""
+        if base is not self._base:
+            tree = _copy_tree(base)
+            for path, value in self.items:
+                _assign(tree, path, value)
+            self._base, self._tree = base, tree
+        return self._tree
+
+
+class _OverlayContext:
+    """Returned by :func:`overlay`: the values apply on this thread inside the ``with`` block."""
+
+    __slots__ = ("_items", "_previous")
+
+    def __init__(self, items: list[tuple[tuple[str, ...], Any]]) -> None:
+        self._items = items
+        self._previous: _Overlay | None = None
+
+    def __enter__(self) -> Self:
+        self._previous = getattr(_thread, "overlay", None)
+        outer = self._previous.items if self._previous is not None else []
+        _thread.overlay = _Overlay(outer + self._items) if self._items or outer else None
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        _thread.overlay = self._previous
+
+
+def overlay(values: Mapping[str, Any] | None) -> _OverlayContext:
+    """A context manager: ``values`` (as for :func:`set`) apply on the calling thread only.
+
+    They take precedence over every other layer, ``set`` included, until the block exits;
+    other threads do not see them.  Overlays nest.  A worker running tasks for several clients
+    at once runs each task under its client's values this way.
+    """
+    return _OverlayContext(list(_leaves(values)) if values else [])
 
 
 def refresh() -> None:
@@ -295,7 +369,9 @@ def set_defaults_provider(fn: DefaultsProvider | None) -> None:
 def config_snapshot() -> Tree:
     """The whole merged configuration as a nested dict (dicts copied, values not)."""
     with _lock:
-        return _copy_tree(_view()[0])
+        root = _view()[0]
+        over = getattr(_thread, "overlay", None)
+        return _copy_tree(over.tree(root) if over is not None else root)
 
 
 def sources() -> dict[str, str]:

@@ -82,3 +82,36 @@ class WorkerPluginError(PluginError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name, self.worker, self.error))
+
+
+class KilledWorkerError(TaskloomError, RuntimeError):
+    """A task killed every worker it ran on and is not tried again.
+
+    ``deaths`` has one mapping per worker it killed, in order, with the keys ``worker`` (its
+    address), ``name``, ``pid``, ``how`` (e.g. ``"killed by signal SIGKILL"``, ``"exit code 3"``,
+    ``"memory: ..."``) and ``log`` (the path of that worker's log file, or ``""``).
+    """
+
+    def __init__(self, key: Any, deaths: Sequence[Any], allowed_failures: int | None = None) -> None:
+        self.key = key
+        self.deaths = [dict(d) for d in deaths]
+        self.allowed_failures = allowed_failures
+        limit = (
+            ""
+            if allowed_failures is None
+            else f" (distributed.scheduler.allowed_failures = {allowed_failures})"
+        )
+        lines = [
+            f"task {key!r} was tried on {len(self.deaths)} worker(s) and each died while running it; "
+            f"it will not be tried again{limit}:"
+        ]
+        for d in self.deaths:
+            who = ", ".join(
+                str(x) for x in (d.get("name"), f"pid {d.get('pid')}" if d.get("pid") else None) if x
+            )
+            log = d.get("log") or "no log kept"
+            lines.append(f"  - {d.get('worker')} ({who}): {d.get('how')}; log: {log}")
+        super().__init__("\n".join(lines))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self.deaths, self.allowed_failures))

@@ -42,9 +42,42 @@ def taskloom_schedulers() -> list[taskloom.SchedulerSpec]:
 def taskloom_config_defaults() -> dict[str, Any]:
     return {
         "distributed": {
-            "scheduler": {"address": None, "port": 8786},
-            "comm": {"auth": None, "timeout": 30},
-            "worker": {"nthreads": None, "memory_limit": "auto"},
+            "scheduler": {
+                "address": None,
+                "port": 8786,
+                "allowed_failures": 3,  # workers a task may see die under it before it fails
+                "worker_ttl": 30,  # seconds without a heartbeat before a worker is removed
+                "stall_timeout": 60,  # seconds without progress, tasks pending: warn (0/False: never)
+                "work_stealing": True,  # tasks queued on busy workers move to idle ones
+            },
+            "adaptive": {  # cluster.adapt(): the defaults of its arguments
+                "minimum": 0,
+                "maximum": None,  # None: no limit
+                "interval": 1.0,  # seconds between two decisions
+                "wait_count": 3,  # consecutive decisions to retire a worker before it is retired
+                "target_duration": 5.0,  # seconds the queued work should take: workers wanted
+            },
+            "admin": {"log_length": 1000},  # recent log records and events kept, for dumps
+            "nanny": {"log_directory": None},  # where each cluster's worker logs go (default: temp)
+            "comm": {
+                "auth": None,  # shared token (TASKLOOM_DISTRIBUTED__COMM__AUTH)
+                "timeout": 30,
+                "tls": {"ca_file": None, "cert": None, "key": None},  # PEM paths: mutual TLS
+            },
+            "worker": {
+                "nthreads": None,
+                "memory_limit": "auto",
+                "local_directory": None,  # spill files go here (default: the system temp directory)
+                "heartbeat_interval": 0.5,  # seconds between a worker's heartbeats (its metrics)
+                "reconnect_timeout": 10,  # seconds a worker that lost its scheduler tries to reconnect
+                "memory": {  # fractions of memory_limit; False disables a step
+                    "target": 0.6,  # results in memory past this: least recently used to disk
+                    "spill": 0.7,  # process memory (RSS) past this: spill until below target
+                    "pause": 0.8,  # past this: start no new task until back below
+                    "terminate": 0.95,  # past this: the worker exits for its nanny to restart it
+                    "monitor_interval": 0.1,  # seconds between process memory checks
+                },
+            },
             "dashboard": {"address": None},
         }
     }

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import pickle
+import sys
+import types
+import weakref
+from types import TracebackType
 from typing import Any
 
 from taskloom.errors import TaskloomError
@@ -11,16 +17,109 @@ from taskloom.serialize import SerializationError, cloudpickle_dumps, describe, 
 from ..comm import Serialized
 
 
+def _registered_by_value() -> frozenset[str]:
+    """Modules registered with ``cloudpickle.register_pickle_by_value``: they travel by value too
+    (the way to use a module that the workers cannot import)."""
+    cloudpickle = sys.modules.get("cloudpickle")
+    return frozenset(cloudpickle.list_registry_pickle_by_value()) if cloudpickle is not None else frozenset()
+
+
+def _in_registered(module: str, registered: frozenset[str]) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in registered)
+
+
 def _by_value(func: Any) -> bool:
     module = getattr(func, "__module__", None)
     qualname = getattr(func, "__qualname__", "")
-    return module in (None, "__main__", "__mp_main__") or "<" in qualname
+    if module in (None, "__main__", "__mp_main__") or "<" in qualname:
+        return True
+    registered = _registered_by_value()
+    return bool(registered) and _in_registered(module, registered)
+
+
+class _PickledFunction:
+    """A function already pickled by value; unpickles (on the worker) as the function itself.
+
+    Its bytes travel as an out-of-band frame, so the task's own pickle holds no trace of them.
+    """
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:  # never called: replaced when unpickled
+        raise TypeError("a pickled function placeholder was called")
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (loads_function, (pickle.PickleBuffer(self.blob),))
+
+
+def loads_function(blob: Any) -> Any:
+    """The function pickled in ``blob``; a worker unpickles each distinct function once."""
+    return _loads_function(bytes(blob))
+
+
+@functools.lru_cache(maxsize=256)
+def _loads_function(blob: bytes) -> Any:
+    return pickle.loads(blob)
+
+
+_MAIN = (b"__main__", b"__mp_main__")
+
+
+def _names_registered(header: bytes) -> bool:
+    """Does a plain pickle refer to a module registered to travel by value?"""
+    registered = _registered_by_value()
+    return bool(registered) and any(m.encode() in header for m in registered)
+
+
+class TaskPickler:
+    """Turns tasks into frames for the scheduler, as cheaply as is safe.
+
+    Plain pickle is used when the result refers to nothing in ``__main__`` (which a worker
+    cannot import); otherwise cloudpickle, which sends such things by value.  A function that
+    must travel by value (defined in ``__main__``) is cloudpickled once per client and attached
+    as bytes, so each task costs only the pickling of its arguments; as in Dask, a later change
+    to a global that such a function reads is not seen by later submissions.  Closures are
+    pickled afresh every time.  Anything that cannot be pickled at all is reported
+    at submit time with the path to it and the task's key.
+    """
+
+    def __init__(self) -> None:
+        self._blobs: weakref.WeakKeyDictionary[Any, _PickledFunction] = weakref.WeakKeyDictionary()
+
+    def _placeholder(self, func: Any) -> Any:
+        if type(func) is not types.FunctionType or func.__closure__ is not None:
+            return None
+        placeholder = self._blobs.get(func)
+        if placeholder is None:
+            import cloudpickle
+
+            placeholder = self._blobs[func] = _PickledFunction(cloudpickle.dumps(func, protocol=5))
+        return placeholder
+
+    def dumps(self, key: Key, task: Task) -> Serialized:
+        """``task`` as frames; raises :class:`SerializationError` naming ``key`` and the path to
+        whatever cannot be pickled."""
+        try:
+            plain: Task | None = task
+            if _by_value(task.func):
+                placeholder = self._placeholder(task.func)
+                plain = None if placeholder is None else Task(placeholder, *task.args, **task.kwargs)
+            if plain is not None:
+                frames = pickle_dumps(plain)
+                header = frames[0]
+                if _MAIN[0] not in header and _MAIN[1] not in header and not _names_registered(header):
+                    return Serialized("pickle", frames)
+        except Exception:
+            pass
+        return dumps_task(key, task)
 
 
 def dumps_task(key: Key, task: Task) -> Serialized:
-    """``task`` as frames: plain pickle when it can, cloudpickle for functions defined in
-    ``__main__``, lambdas and closures; an object that cannot be pickled at all is reported at
-    submit time with the path to it."""
+    """``task`` as frames with cloudpickle (or plain pickle when the function allows); an object
+    that cannot be pickled at all is reported at submit time with the path to it and the key."""
     if not _by_value(task.func):
         try:
             return Serialized("pickle", pickle_dumps(task))
@@ -34,6 +133,20 @@ def dumps_task(key: Key, task: Task) -> Serialized:
             f"task {key!r} cannot be sent to the cluster: {path} is {describe(bad)}, which cannot be "
             f"pickled ({type(exc).__name__}: {exc})"
         ) from None
+
+
+def remote_traceback(text: str) -> TracebackType | None:
+    """A traceback object with the frames of the last traceback in ``text`` (a formatted one)."""
+    from tblib import Traceback
+
+    marker = "Traceback (most recent call last):"
+    start = text.rfind(marker)
+    if start < 0:
+        return None
+    try:
+        return Traceback.from_string(text[start:]).as_traceback()
+    except Exception:
+        return None
 
 
 class RemoteTraceback(Exception):

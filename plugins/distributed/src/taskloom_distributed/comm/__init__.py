@@ -2,12 +2,14 @@
 
 from .handshake import HandshakeError, accept, connect_handshake, local_versions
 from .messages import Serialized, dumps, loads
+from .security import Security
 from .tcp import Comm, CommClosedError, connect, listen, parse_address
 
 __all__ = [
     "Comm",
     "CommClosedError",
     "HandshakeError",
+    "Security",
     "Serialized",
     "accept",
     "connect",

@@ -5,11 +5,18 @@ lengths, then the frames.  The receiving side is an ``asyncio.BufferedProtocol``
 of a known length is read by the kernel directly into a ``bytearray`` of that length, so a large
 array is copied once (socket to its final buffer) and the buffer is writable.  Small headers are
 parsed from a reusable scratch buffer.  Sending writes each frame from its own memory.
+
+Until a connection has authenticated (:meth:`Comm.set_authenticated`, called by the handshake)
+a message may hold only a few small frames, so an unauthenticated peer cannot make us allocate
+much.  TLS on the listening side is started by hand (``loop.start_tls``) rather than by the
+server, so that a failed TLS handshake is logged with the peer's address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import ssl
 import struct
 from collections import deque
@@ -18,9 +25,14 @@ from typing import Any
 
 from .messages import dumps, loads
 
+logger = logging.getLogger("taskloom.distributed.comm")
+
 _U64 = struct.Struct("<Q")
 MAX_FRAMES = 1 << 20
 MAX_FRAME_BYTES = 1 << 40
+PREAUTH_MAX_FRAMES = 4  # the handshake's messages are one small frame each
+PREAUTH_MAX_FRAME_BYTES = 1 << 16
+TLS_HANDSHAKE_TIMEOUT = 10.0
 _SCRATCH = 1 << 16
 _BIG = 1 << 16  # frames larger than this are received in place
 _CHUNK = 1 << 18  # large frames are written in chunks, draining between them
@@ -28,6 +40,10 @@ _CHUNK = 1 << 18  # large frames are written in chunks, draining between them
 
 class CommClosedError(ConnectionError):
     """The other side closed the connection (or it broke)."""
+
+
+class ProtocolError(CommClosedError):
+    """The other side sent bytes that are not taskloom messages; the connection was closed."""
 
 
 class _FrameProtocol(asyncio.BufferedProtocol):
@@ -52,6 +68,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self._big_have = 0
         self._paused = False
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
+        self.max_frames = PREAUTH_MAX_FRAMES
+        self.max_frame_bytes = PREAUTH_MAX_FRAME_BYTES
 
     # -- asyncio callbacks -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -93,13 +111,16 @@ class _FrameProtocol(asyncio.BufferedProtocol):
                 if avail < 8:
                     break
                 n = _U64.unpack_from(buf, self._start)[0]
-                if not 0 < n <= MAX_FRAMES:
-                    raise CommClosedError(f"malformed message: {n} frames")
+                if not 0 < n <= self.max_frames:
+                    raise ProtocolError(f"malformed message: {n} frames (at most {self.max_frames})")
                 if avail < 8 + 8 * n:
                     break
                 self._lengths = list(struct.unpack_from(f"<{n}Q", buf, self._start + 8))
-                if any(x > MAX_FRAME_BYTES for x in self._lengths):
-                    raise CommClosedError("malformed message: frame too large")
+                if any(x > self.max_frame_bytes for x in self._lengths):
+                    raise ProtocolError(
+                        f"malformed message: a frame of {max(self._lengths)} bytes "
+                        f"(at most {self.max_frame_bytes})"
+                    )
                 self._start += 8 + 8 * n
                 self._frames = []
                 continue
@@ -161,6 +182,11 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             self._closed = exc
         self._wake()
 
+    def _closed_error(self) -> CommClosedError:
+        """Why the connection closed, as a fresh exception of the same kind."""
+        kind = type(self._closed) if isinstance(self._closed, CommClosedError) else CommClosedError
+        return kind(str(self._closed))
+
     def _wake(self) -> None:
         w = self._waiter
         if w is not None and not w.done():
@@ -169,14 +195,14 @@ class _FrameProtocol(asyncio.BufferedProtocol):
     async def read_frames(self) -> list[bytearray]:
         while not self._messages:
             if self._closed is not None:
-                raise CommClosedError(str(self._closed))
+                raise self._closed_error()
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
         return self._messages.popleft()
 
     async def drain(self) -> None:
         if self._closed is not None:
-            raise CommClosedError(str(self._closed))
+            raise self._closed_error()
         if self._paused:
             w = asyncio.get_running_loop().create_future()
             self._drain_waiters.append(w)
@@ -190,8 +216,8 @@ class Comm:
         self.transport = transport
         self.protocol = protocol
         self.peer = peer
-        host, port = transport.get_extra_info("sockname")[:2]
-        self.local = f"tcp://{host}:{port}"
+        host, port = (transport.get_extra_info("sockname") or ("?", 0))[:2]  # None: closed already
+        self.local = f"{peer.partition('://')[0] or 'tcp'}://{host}:{port}"
         self.unpickle = False  # set True once the peer has authenticated
         self.peer_info: dict[str, Any] = {}
         self._write_lock = asyncio.Lock()
@@ -199,6 +225,11 @@ class Comm:
     @property
     def closed(self) -> bool:
         return self.transport.is_closing() or self.protocol._closed is not None
+
+    def set_authenticated(self) -> None:
+        """The peer has authenticated: lift the size limits on its messages."""
+        self.protocol.max_frames = MAX_FRAMES
+        self.protocol.max_frame_bytes = MAX_FRAME_BYTES
 
     async def read_frames(self) -> list[bytearray]:
         return await self.protocol.read_frames()
@@ -213,6 +244,8 @@ class Comm:
         )
         async with self._write_lock:
             if self.closed:
+                if self.protocol._closed is not None:
+                    raise self.protocol._closed_error()
                 raise CommClosedError(f"connection to {self.peer} is closed")
             small: list[Any] = [header]
             for f in frames:
@@ -246,9 +279,11 @@ class Comm:
         return f"<Comm {self.local} -> {self.peer}>"
 
 
-def parse_address(address: str, default_port: int = 8786) -> tuple[str, str, int]:
+def parse_address(
+    address: str, default_port: int = 8786, default_scheme: str = "tcp"
+) -> tuple[str, str, int]:
     """``"tcp://host:port"``, ``"tls://host:port"`` or ``"host:port"`` -> (scheme, host, port)."""
-    scheme = "tcp"
+    scheme = default_scheme
     if "://" in address:
         scheme, address = address.split("://", 1)
     if scheme not in ("tcp", "tls"):
@@ -256,27 +291,52 @@ def parse_address(address: str, default_port: int = 8786) -> tuple[str, str, int
     host, _, port = address.rpartition(":")
     if not host:
         host, port = port, str(default_port)
-    return scheme, host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(
+            f"cannot read a port number in the address {address!r} (expected HOST:PORT)"
+        ) from None
+    return scheme, host.strip("[]") or "127.0.0.1", number
+
+
+def _nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 async def connect(address: str, ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0) -> Comm:
-    """Open a connection to ``address`` (no handshake: see :mod:`.handshake`)."""
-    scheme, host, port = parse_address(address)
+    """Open a connection to ``address`` (no handshake: see :mod:`.handshake`).
+
+    An address without a scheme is ``tls://`` when ``ssl_context`` is given, else ``tcp://``.
+    """
+    scheme, host, port = parse_address(address, default_scheme="tls" if ssl_context else "tcp")
     if scheme == "tls" and ssl_context is None:
-        raise ValueError(f"{address} needs TLS: pass the client certificate settings (tls_ca_file, ...)")
+        raise ValueError(
+            f"{address} needs TLS: pass security=Security(tls_ca_file=..., tls_cert=..., tls_key=...) "
+            "or set distributed.comm.tls.ca_file/cert/key"
+        )
     loop = asyncio.get_running_loop()
+    tls = ssl_context if scheme == "tls" else None
     try:
         transport, protocol = await asyncio.wait_for(
-            loop.create_connection(_FrameProtocol, host, port, ssl=ssl_context if scheme == "tls" else None),
+            loop.create_connection(
+                _FrameProtocol,
+                host,
+                port,
+                ssl=tls,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None,
+            ),
             timeout,
         )
-    except (TimeoutError, OSError) as exc:
+    except ssl.SSLError as exc:
+        raise OSError(f"TLS handshake with {scheme}://{host}:{port} failed: {exc}") from exc
+    except TimeoutError as exc:
+        raise OSError(f"could not connect to {address} within {timeout:g} s") from exc
+    except OSError as exc:
         raise OSError(f"could not connect to {address}: {exc}") from exc
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        import socket
-
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    _nodelay(transport)
     return Comm(transport, protocol, f"{scheme}://{host}:{port}")
 
 
@@ -286,8 +346,34 @@ async def listen(
     handler: Callable[[Comm], Coroutine[Any, Any, None]],
     ssl_context: ssl.SSLContext | None = None,
 ) -> asyncio.Server:
-    """Serve connections on ``host:port`` (0: any free port); ``handler`` gets each new Comm."""
+    """Serve connections on ``host:port`` (0: any free port); ``handler`` gets each new Comm.
+
+    With ``ssl_context`` every connection first completes a TLS handshake; one that fails is
+    logged (with the peer's address) and closed, and ``handler`` never sees it.
+    """
     loop = asyncio.get_running_loop()
+    scheme = "tls" if ssl_context is not None else "tcp"
+
+    async def serve(transport: asyncio.Transport, proto: _FrameProtocol, peer: str) -> None:
+        if ssl_context is not None:
+            try:
+                tls_transport = await loop.start_tls(
+                    transport,
+                    proto,
+                    ssl_context,
+                    server_side=True,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                )
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                logger.warning("refused connection from %s: TLS handshake failed: %s", peer, exc)
+                transport.abort()
+                return
+            if tls_transport is None:  # the peer went away during the handshake
+                transport.close()
+                return
+            transport = tls_transport
+            proto.transport = tls_transport
+        await handler(Comm(transport, proto, peer))
 
     def factory() -> _FrameProtocol:
         proto = _FrameProtocol()
@@ -295,21 +381,18 @@ async def listen(
 
         def made(transport: asyncio.BaseTransport) -> None:
             original(transport)
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                import socket
-
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ssl_context is not None:
+                transport.pause_reading()  # type: ignore[attr-defined]  # TLS must read the first bytes
+            _nodelay(transport)
             peer = transport.get_extra_info("peername")
-            comm = Comm(transport, proto, f"tcp://{peer[0]}:{peer[1]}")  # type: ignore[arg-type]
-            task: asyncio.Task[None] = loop.create_task(handler(comm))
+            task = loop.create_task(serve(transport, proto, f"{scheme}://{peer[0]}:{peer[1]}"))  # type: ignore[arg-type]
             _handler_tasks.add(task)
             task.add_done_callback(_handler_tasks.discard)
 
         proto.connection_made = made  # type: ignore[method-assign]
         return proto
 
-    return await loop.create_server(factory, host, port, ssl=ssl_context)
+    return await loop.create_server(factory, host, port)
 
 
 _handler_tasks: set[asyncio.Task[None]] = set()

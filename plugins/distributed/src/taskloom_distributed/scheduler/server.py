@@ -13,12 +13,21 @@ import asyncio
 import logging
 import os
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
+from taskloom import config
+
+from .. import logbuffer
 from ..batched import BatchedSend
-from ..comm import Comm, CommClosedError, HandshakeError, Serialized, accept, listen
+from ..comm import Comm, CommClosedError, HandshakeError, Security, Serialized, accept, listen
+from .dump import cluster_state
+from .lifecycle import WorkerLifecycle
+from .retirement import Retirer
 from .state import Messages, SchedulerState
+from .stealing import Stealer
+from .watchdog import Watchdog
 
 logger = logging.getLogger("taskloom.distributed.scheduler")
 
@@ -32,12 +41,24 @@ class Scheduler:
         port: int = 0,
         auth_token: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        *,
+        security: Security | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        if security is not None:  # a token and/or TLS files; explicit arguments win
+            auth_token = auth_token or security.token
+            ssl_context = ssl_context or security.server_context()
         self.auth_token = auth_token
         self.ssl_context = ssl_context
-        self.state = SchedulerState()
+        # the config.set values of each client, shipped to every worker (see _client_config)
+        self.client_configs: dict[str, Any] = {}
+        self._configs_of_client: dict[Any, set[str]] = {}
+        self.state = SchedulerState(int(config.get("distributed.scheduler.allowed_failures", 3)))
+        self.lifecycle = WorkerLifecycle(self)  # nannies, heartbeats, worker deaths, restarts
+        self.retirer = Retirer(self)  # graceful retirement: results copied off, then closed
+        self.watchdog = Watchdog(self)  # warns of stalls (distributed.scheduler.stall_timeout)
+        self.stealer = Stealer(self)  # queued tasks move to idle workers (workers that joined)
         self.streams: dict[tuple[str, Any], BatchedSend] = {}
         self.server: asyncio.Server | None = None
         self.address = ""
@@ -53,11 +74,18 @@ class Scheduler:
         scheme = "tls" if self.ssl_context else "tcp"
         self.address = f"{scheme}://{host}:{port}"
         logger.info("scheduler at %s", self.address)
+        logbuffer.install()  # recent log records, for client.dump_cluster_state
+        self.lifecycle.start()
+        self.watchdog.start()
+        self.stealer.start()
         return self
 
     async def close(self) -> None:
+        self.lifecycle.stop()
+        self.watchdog.stop()
+        self.stealer.stop()
         for (kind, _), stream in list(self.streams.items()):
-            if kind == "worker":
+            if kind in ("nanny", "worker"):  # nannies first: they must not restart their workers
                 try:
                     stream.send({"op": "close", "reason": "scheduler closing"})
                 except CommClosedError:
@@ -73,11 +101,9 @@ class Scheduler:
     # -- connections ---------------------------------------------------------------------------
     async def _handle(self, comm: Comm) -> None:
         try:
-            await asyncio.wait_for(accept(comm, self.auth_token, "scheduler"), 10)
-        except (TimeoutError, HandshakeError, CommClosedError, ValueError) as exc:
+            await accept(comm, self.auth_token, "scheduler")  # logs and closes a refused peer
+        except HandshakeError:
             self.failed_handshakes += 1
-            logger.warning("closed connection from %s: %s", comm.peer, exc)
-            comm.close()
             return
         comm.unpickle = False  # the scheduler relays task specifications and data as frames
         try:
@@ -89,6 +115,8 @@ class Scheduler:
             await self._worker_stream(comm, first)
         elif op == "register-client":
             await self._client_stream(comm, first)
+        elif op == "register-nanny":
+            await self.lifecycle.nanny_stream(comm, first)
         else:
             logger.warning("unexpected first message %r from %s", op, comm.peer)
             comm.close()
@@ -105,6 +133,8 @@ class Scheduler:
     async def _worker_stream(self, comm: Comm, msg: dict[str, Any]) -> None:
         address = msg["address"]
         stream = self.streams[("worker", address)] = BatchedSend(comm)
+        for cid, values in self.client_configs.items():  # before any task that runs under them
+            stream.send({"op": "client-config", "id": cid, "config": values})
         self._send(
             self.state.add_worker(
                 address,
@@ -112,21 +142,27 @@ class Scheduler:
                 msg.get("nthreads", 1),
                 msg.get("memory_limit", 0),
                 msg.get("pid", 0),
+                msg.get("nanny"),
+                msg.get("log", ""),
+                time.monotonic(),
             )
         )
         stream.send({"op": "registered", "address": address})
         self._workers_changed.set()
+        ws = self.state.workers[address]
+        key = ("worker", address)
         try:
             while True:
-                for m in await comm.read():
+                msgs = await comm.read()
+                if self.streams.get(key) is not stream:  # removed: what it says now is stale
+                    break
+                ws.last_seen = time.monotonic()  # any message is a heartbeat
+                for m in msgs:
                     self._worker_message(address, m)
         except CommClosedError:
             pass
         finally:
-            self.streams.pop(("worker", address), None)
-            await stream.close()
-            self._send(self.state.remove_worker(address, "connection closed"))
-            self._workers_changed.set()
+            await self.lifecycle.disconnected(address, stream)
             logger.info("worker %s left", address)
 
     def _worker_message(self, address: str, m: dict[str, Any]) -> None:
@@ -146,10 +182,20 @@ class Scheduler:
             ws = st.workers.get(address)
             if ws is not None:
                 ws.metrics = m.get("metrics", {})
+        elif op == "worker-status":  # paused past its memory pause threshold, or running again
+            ws = st.workers.get(address)
+            if ws is not None and {ws.status, m.get("status")} <= {"running", "paused"}:
+                self._send(st.worker_status(address, m["status"]))
         elif op == "reply":
             fut = self._worker_replies.pop(m["rid"], None)
             if fut is not None and not fut.done():
                 fut.set_result(m)
+        elif op == "steal-response":
+            self.stealer.response(address, m)
+        elif op == "missing-data":
+            self._send(st.missing_data(address, m["key"], m["errant_worker"]))
+        elif op == "closing":  # it closes on purpose: nothing it ran is to blame
+            self.lifecycle.remove(address, "closing", f"closed: {m.get('reason', '')}", expected=True)
 
     async def _client_stream(self, comm: Comm, msg: dict[str, Any]) -> None:
         self._client_ids += 1
@@ -167,6 +213,7 @@ class Scheduler:
             self.streams.pop(("client", client), None)
             await stream.close()
             self._send(self.state.remove_client(client))
+            self._forget_client_configs(client)
 
     async def _client_message(self, client: Any, stream: BatchedSend, m: dict[str, Any]) -> None:
         op = m["op"]
@@ -189,6 +236,9 @@ class Scheduler:
         if op == "release-keys":
             self._send(st.release_keys(client, m["keys"]))
             return
+        if op == "client-config":
+            self._client_config(client, m["id"], m["config"])
+            return
         rid = m.get("rid")
         try:
             result = await self._request(client, op, m)
@@ -200,6 +250,8 @@ class Scheduler:
     async def _request(self, client: Any, op: str, m: dict[str, Any]) -> Any:
         st = self.state
         if op == "who-has":
+            if m.get("wait") and m.get("keys") is not None:  # a client whose fetch failed
+                await self.lifecycle.located(m["keys"], m.get("exclude") or ())
             return st.who_has(m.get("keys"))
         if op == "has-what":
             return st.has_what()
@@ -213,8 +265,9 @@ class Scheduler:
             st.plugins[m["name"]] = m["plugin"]
             replies = await self._broadcast({"op": "plugins", "plugins": dict(st.plugins)})
             errors = {a: r["error"] for a, r in replies.items() if r.get("error")}
-            if errors:
+            if errors:  # not registered: the workers where it did set up tear it down again
                 st.plugins.pop(m["name"], None)
+                await self._broadcast({"op": "plugins", "plugins": dict(st.plugins)})
                 return {"errors": errors}
             return {"errors": {}}
         if op == "run-on-scheduler":
@@ -222,8 +275,36 @@ class Scheduler:
             args, kwargs = m["args"].load() if isinstance(m.get("args"), Serialized) else ((), {})
             return Serialized.of(func(*args, **kwargs))
         if op == "retire":
-            return True
+            return await self.retirer.retire(m.get("workers") or (), float(m.get("timeout", 60.0)))
+        if op == "dump-state":
+            return await cluster_state(self, float(m.get("timeout", 10.0)))
+        if op == "restart":
+            return await self.lifecycle.restart(float(m.get("timeout", 60.0)))
         raise ValueError(f"unknown request {op!r}")
+
+    # -- the clients' configuration -------------------------------------------------------------
+    def _client_config(self, client: Any, cid: str, values: Any) -> None:
+        """A client's ``config.set`` values (opaque frames), id ``cid``: every worker gets them.
+
+        Tasks that client submits from now on name ``cid``; the config message goes out on each
+        worker's stream before any of them, so a worker always has the values it is asked for.
+        """
+        self._configs_of_client.setdefault(client, set()).add(cid)
+        if cid in self.client_configs:
+            return
+        self.client_configs[cid] = values
+        msg = {"op": "client-config", "id": cid, "config": values}
+        self._send([(("worker", address), msg) for address in self.state.workers])
+
+    def _forget_client_configs(self, client: Any) -> None:
+        mine = self._configs_of_client.pop(client, set())
+        still_used = set().union(*self._configs_of_client.values())
+        gone = sorted(mine - still_used)
+        for cid in gone:
+            self.client_configs.pop(cid, None)
+        if gone:
+            msg = {"op": "forget-config", "ids": gone}
+            self._send([(("worker", address), msg) for address in self.state.workers])
 
     async def _broadcast(self, msg: dict[str, Any], timeout: float = 60) -> dict[str, dict[str, Any]]:
         """Send ``msg`` to every worker and wait for each reply."""
@@ -266,6 +347,9 @@ class Scheduler:
                     "memory_limit": ws.memory_limit,
                     "pid": ws.pid,
                     "memory": ws.metrics.get("memory", 0),
+                    "status": ws.status,  # "paused": memory above its pause threshold
+                    "managed": ws.metrics.get("managed", 0),  # bytes of results in memory
+                    "spilled": ws.metrics.get("spilled", 0),  # bytes of results spilled to disk
                     "tasks": len(ws.processing),
                     "nbytes": ws.nbytes,
                     "keys": len(ws.has_what),

@@ -4,12 +4,15 @@ Every public method takes one event (a client submitted a graph, a worker finish
 task, a worker joined or left, a client released keys) and returns the messages it causes, as
 ``(recipient, message)`` pairs where the recipient is ``("worker", address)`` or
 ``("client", client_id)``.  The server (:mod:`.server`) does the sockets; tests drive this class
-directly.
+directly.  What happens when a worker dies or goes quiet (rescheduling, recomputing lost
+results, blaming the tasks that kill workers) is in :mod:`.recovery`.
 
 Task life cycle: ``waiting`` (dependencies not yet in memory) -> ``processing`` (sent to a
 worker) -> ``memory`` (held by one or more workers) or ``erred``; a task nobody needs any more is
-``released`` and forgotten.  A ready task goes to the worker with the smallest estimated start
-time: bytes of its inputs that would have to move there divided by the bandwidth, plus the work
+``released``, and forgotten once no task that depends on it is known either: while a result is
+held, the tasks it came from stay known (``released``) so that it can be recomputed if its
+worker dies.  A ready task goes to the running worker with the smallest estimated start time:
+bytes of its inputs that would have to move there divided by the bandwidth, plus the work
 already queued there per thread.  Task specifications and results stay opaque ``Serialized``
 frames here: the scheduler never unpickles user data.
 """
@@ -17,16 +20,20 @@ frames here: the scheduler never unpickles user data.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
+
+from . import recovery
 
 Recipient = tuple[str, Any]
 Messages = list[tuple[Recipient, dict[str, Any]]]
 
 BANDWIDTH = 500e6  # bytes/s assumed between workers, for placement
 DEFAULT_DURATION = 0.005  # seconds assumed for a task before any has been measured
+EVENTS_KEPT = 10_000  # notable events (workers joining, leaving, retiring, stalls) remembered
 
 
 @attrs.define(eq=False, repr=False)
@@ -49,6 +56,7 @@ class TaskState:
     erred_on: Any = None  # key of the task whose error this one inherits
     retries: int = 0
     observers: set[Any] = attrs.Factory(set)  # clients that want every state change (diagnostics)
+    deaths: list[dict[str, Any]] = attrs.Factory(list)  # workers that died while running it
 
     def __repr__(self) -> str:
         return f"<TaskState {self.key!r} {self.state}>"
@@ -65,23 +73,34 @@ class WorkerInfo:
     has_what: set[TaskState] = attrs.Factory(set)
     nbytes: int = 0
     metrics: dict[str, Any] = attrs.Factory(dict)
+    nanny: str | None = None  # the id of the nanny that started it, if any
+    log: str = ""  # where its output goes (a file its nanny keeps)
+    status: str = "running"  # only "running" workers get new tasks ("closing", "paused", ...)
+    last_seen: float = 0.0  # when the scheduler last heard from it (server clock)
 
     def __repr__(self) -> str:
         return f"<WorkerInfo {self.address}>"
 
 
 class SchedulerState:
-    """All tasks, workers and clients the scheduler knows, and the rules that move them."""
+    """All tasks, workers and clients the scheduler knows, and the rules that move them.
 
-    def __init__(self) -> None:
+    ``allowed_failures``: how many workers a task may see die while it runs on them before it
+    fails with :class:`~taskloom.errors.KilledWorkerError` (at least one).
+    """
+
+    def __init__(self, allowed_failures: int = 3) -> None:
         self.tasks: dict[Any, TaskState] = {}
         self.workers: dict[str, WorkerInfo] = {}
+        self.running: dict[str, WorkerInfo] = {}  # the workers that take new tasks
         self.clients: dict[Any, set[TaskState]] = {}
-        self.unrunnable: set[TaskState] = set()  # ready, but there is no worker
+        self.unrunnable: set[TaskState] = set()  # ready, but there is no running worker
         self.generation = itertools.count()
         self.mean_duration = DEFAULT_DURATION
         self.plugins: dict[str, Any] = {}  # worker plugins: name -> Serialized plugin, in order
-        self.events: list[tuple[str, Any]] = []  # recent notable events, for diagnostics
+        self.events: deque[tuple[str, Any]] = deque(maxlen=EVENTS_KEPT)  # recent notable events
+        self.progress = 0  # tasks finished or failed so far: the stall watchdog watches it
+        self.allowed_failures = allowed_failures
 
     # -- clients ---------------------------------------------------------------------------------
     def add_client(self, client: Any) -> Messages:
@@ -113,12 +132,11 @@ class SchedulerState:
                 ts = self.tasks[key] = TaskState(key, spec, (gen, priorities.get(key, 0)))
                 ts.retries = retries
                 new.append(ts)
-                if observe:
-                    ts.observers.add(client)
             elif ts.state in ("released", "erred"):  # dropped since, or failed: run it again
                 ts.spec = spec if spec is not None else ts.spec
                 ts.state = "released"
                 ts.exception = ts.traceback = ts.erred_on = None
+                ts.deaths = []
                 revived.append(ts)
             if observe:
                 ts.observers.add(client)
@@ -145,15 +163,32 @@ class SchedulerState:
         return out
 
     def _activate(self, ts: TaskState, out: Messages) -> None:
-        """A new or released task: wait for its dependencies, or run it."""
-        if ts.state not in ("released",):
+        """A new or released task: wait for its dependencies (recomputing lost ones), or run it."""
+        if ts.state != "released":
+            return
+        order: list[TaskState] = []  # ts and the released tasks upstream of it, inputs first
+        seen: set[TaskState] = set()
+        stack: list[tuple[TaskState, bool]] = [(ts, False)]
+        while stack:  # iterative: a long chain of lost results must not hit the recursion limit
+            t, expanded = stack.pop()
+            if expanded:
+                order.append(t)
+                continue
+            if t in seen:
+                continue
+            seen.add(t)
+            stack.append((t, True))
+            for dep in t.dependencies:
+                if dep.state == "released" and dep.spec is not None and dep not in seen:
+                    stack.append((dep, False))
+        for t in order:
+            self._activate_one(t, out)
+
+    def _activate_one(self, ts: TaskState, out: Messages) -> None:
+        if ts.state != "released":
             return
         for dep in ts.dependencies:
             dep.waiters.add(ts)
-            if dep.state == "released":
-                if dep.spec is None:  # a scattered value that has been lost
-                    continue
-                self._activate(dep, out)
             if dep.state == "erred":
                 self._inherit_error(ts, dep, out)
                 return
@@ -167,6 +202,7 @@ class SchedulerState:
         ws = self.decide_worker(ts)
         if ws is None:
             ts.state = "waiting"
+            ts.waiting_on.clear()
             self.unrunnable.add(ts)
             return
         ts.state = "processing"
@@ -175,13 +211,13 @@ class SchedulerState:
         out.append((("worker", ws.address), self._compute_msg(ts)))
 
     def decide_worker(self, ts: TaskState) -> WorkerInfo | None:
-        """The worker where ``ts`` would start soonest (input transfer + queued work)."""
-        if not self.workers:
+        """The running worker where ``ts`` would start soonest (input transfer + queued work)."""
+        if not self.running:
             return None
-        candidates: Iterable[WorkerInfo] = self.workers.values()
-        holders = {ws for dep in ts.dependencies for ws in dep.who_has}
-        if holders and len(self.workers) > 8:
-            candidates = holders | {min(self.workers.values(), key=lambda w: len(w.processing) / w.nthreads)}
+        candidates: Iterable[WorkerInfo] = self.running.values()
+        holders = {ws for dep in ts.dependencies for ws in dep.who_has if ws.status == "running"}
+        if holders and len(self.running) > 8:
+            candidates = holders | {min(self.running.values(), key=lambda w: len(w.processing) / w.nthreads)}
         best, best_cost = None, float("inf")
         for ws in candidates:
             missing = sum(dep.nbytes for dep in ts.dependencies if ws not in dep.who_has)
@@ -202,54 +238,79 @@ class SchedulerState:
 
     # -- workers -------------------------------------------------------------------------------
     def add_worker(
-        self, address: str, name: str = "", nthreads: int = 1, memory_limit: int = 0, pid: int = 0
+        self,
+        address: str,
+        name: str = "",
+        nthreads: int = 1,
+        memory_limit: int = 0,
+        pid: int = 0,
+        nanny: str | None = None,
+        log: str = "",
+        now: float = 0.0,
     ) -> Messages:
+        """A worker registered (a new one, or one that rejoins after it was removed)."""
         out: Messages = []
-        ws = WorkerInfo(address, name or address, nthreads, memory_limit, pid)
-        self.workers[address] = ws
+        if address in self.workers:  # the same address registering again: the old one is gone
+            out += self.remove_worker(address, "registered again", expected=True)
+        ws = WorkerInfo(address, name or address, nthreads, memory_limit, pid, nanny=nanny, log=log)
+        ws.last_seen = now
+        self.workers[address] = self.running[address] = ws
         self.events.append(("add-worker", address))
         if self.plugins:
             out.append((("worker", address), {"op": "plugins", "plugins": dict(self.plugins)}))
+        self._place_unrunnable(out)
+        return out
+
+    def worker_status(self, address: str, status: str) -> Messages:
+        """A worker stops taking new tasks (``"closing"``, ``"paused"``, ...) or takes them again."""
+        out: Messages = []
+        ws = self.workers.get(address)
+        if ws is None or ws.status == status:
+            return out
+        ws.status = status
+        if status == "running":
+            self.running[address] = ws
+            self._place_unrunnable(out)
+        else:
+            self.running.pop(address, None)
+        return out
+
+    def _place_unrunnable(self, out: Messages) -> None:
+        if not self.running:
+            return
         pending, self.unrunnable = self.unrunnable, set()
         for ts in sorted(pending, key=lambda t: t.priority):
             if ts.state == "waiting" and not ts.waiting_on:
                 self._ready(ts, out)
-        return out
 
-    def remove_worker(self, address: str, reason: str = "") -> Messages:
-        """A worker left: rerun what it was running, recompute what only it held."""
-        out: Messages = []
-        ws = self.workers.pop(address, None)
-        if ws is None:
-            return out
-        self.events.append(("remove-worker", (address, reason)))
-        lost = []
-        for ts in ws.has_what:
-            ts.who_has.discard(ws)
-            if not ts.who_has and ts.state == "memory":
-                lost.append(ts)
-        rerun = list(ws.processing)
-        ws.processing.clear()
-        for ts in rerun:
-            ts.processing_on = None
-            ts.state = "released"
-        for ts in lost:
-            ts.state = "released"
-            if ts.spec is None:  # scattered data cannot be recomputed
-                self._fail_lost(ts, out, reason)
-        for ts in sorted(lost + rerun, key=lambda t: t.priority):
-            if ts.state == "released" and (ts.waiters or ts.who_wants):
-                for dep_of in ts.waiters:  # dependents wait again for the recomputed value
-                    if dep_of.state == "waiting":
-                        dep_of.waiting_on.add(ts)
-                self._activate(ts, out)
-        return out
+    def remove_worker(
+        self,
+        address: str,
+        reason: str = "",
+        how: str | None = None,
+        executing: Iterable[bytes] | None = None,
+        expected: bool = False,
+    ) -> Messages:
+        """A worker left: rerun what it was running, recompute what only it held.
 
-    def _fail_lost(self, ts: TaskState, out: Messages, reason: str) -> None:
-        ts.state = "erred"
-        ts.exception = f"the data of {ts.key!r} was lost with its worker ({reason}) and cannot be recomputed"
-        for client in ts.who_wants:
-            out.append((("client", client), self._erred_msg(ts)))
+        ``how`` says how it died (for :class:`~taskloom.errors.KilledWorkerError`); ``executing``
+        holds the digests of the tasks it was running when it died, if its nanny knows them
+        (otherwise every task sent to it is suspect); ``expected`` (a restart, a requested close)
+        blames no task.
+        """
+        return recovery.remove_worker(self, address, reason, how, executing, expected)
+
+    def missing_data(self, worker: str, key: Any, errant_worker: str) -> Messages:
+        """``worker`` could not get ``key`` from ``errant_worker`` (nor from any other holder)."""
+        return recovery.missing_data(self, worker, key, errant_worker)
+
+    def stale_workers(self, now: float, ttl: float) -> list[str]:
+        """Workers not heard from for longer than ``ttl`` seconds."""
+        return [a for a, ws in self.workers.items() if now - ws.last_seen > ttl]
+
+    def restart(self, reason: str) -> Messages:
+        """Forget every task (their futures fail with ``CancelledError``); workers are restarted."""
+        return recovery.restart(self, reason)
 
     # -- results ---------------------------------------------------------------------------------
     def task_finished(
@@ -258,26 +319,30 @@ class SchedulerState:
         out: Messages = []
         ts = self.tasks.get(key)
         ws = self.workers.get(worker)
-        if ts is None or ws is None:
+        if ws is None:  # a worker that has been removed: it is told nothing, it is gone
+            return out
+        if ts is None or ts.state not in ("processing", "waiting", "released", "memory"):
             return [(("worker", worker), {"op": "free-keys", "keys": [key]})]
-        for client in ts.observers:
-            event = {"op": "task-event", "key": key, "worker": worker, "duration": duration}
-            out.append((("client", client), event))
-        if ts.processing_on is ws:
-            ws.processing.discard(ts)
+        if ts.processing_on is not None:
+            ts.processing_on.processing.discard(ts)
             ts.processing_on = None
         if duration:
             self.mean_duration = 0.9 * self.mean_duration + 0.1 * duration
-        ts.who_has.add(ws)
-        ws.has_what.add(ts)
-        ws.nbytes += nbytes
+        if ws not in ts.who_has:
+            ts.who_has.add(ws)
+            ws.has_what.add(ts)
+            ws.nbytes += nbytes
         if ts.state == "memory":
             return out
-        if ts.state not in ("processing", "waiting", "released"):
-            return out
+        for client in ts.observers:
+            event = {"op": "task-event", "key": key, "worker": worker, "duration": duration, "nbytes": nbytes}
+            out.append((("client", client), event))
         ts.state = "memory"
+        self.progress += 1
         ts.nbytes, ts.type = nbytes, type_name
         ts.exception = ts.traceback = None
+        ts.waiting_on.clear()
+        self.unrunnable.discard(ts)
         for client in ts.who_wants:
             out.append((("client", client), self._in_memory_msg(ts)))
         for dep in sorted(ts.dependents, key=lambda t: t.priority):
@@ -294,34 +359,41 @@ class SchedulerState:
     def task_erred(self, worker: str, key: Any, exception: Any, traceback: Any) -> Messages:
         out: Messages = []
         ts = self.tasks.get(key)
-        ws = self.workers.get(worker)
-        if ts is None or ts.state != "processing":
+        if ts is None or ts.state != "processing" or worker not in self.workers:
             return out
+        self.progress += 1
         for client in ts.observers:
             msg = {"op": "task-event", "key": key, "worker": worker, "duration": 0.0, "error": exception}
             out.append((("client", client), msg))
-        if ws is not None:
-            ws.processing.discard(ts)
+        if ts.processing_on is not None:
+            ts.processing_on.processing.discard(ts)
         ts.processing_on = None
         if ts.retries > 0:
             ts.retries -= 1
             ts.state = "released"
             self._activate(ts, out)
             return out
+        self.fail(ts, exception, traceback, out)
+        return out
+
+    def fail(self, ts: TaskState, exception: Any, traceback: Any, out: Messages) -> None:
+        """``ts`` failed for good: its clients are told, and everything downstream fails with it."""
         ts.state = "erred"
-        ts.exception, ts.traceback, ts.erred_on = exception, traceback, key
+        ts.exception, ts.traceback, ts.erred_on = exception, traceback, ts.key
+        ts.waiting_on.clear()
+        self.unrunnable.discard(ts)
         for client in ts.who_wants:
             out.append((("client", client), self._erred_msg(ts)))
         for dep in list(ts.dependents):
             self._inherit_error(dep, ts, out)
-        return out
+        self._drop_inputs(ts, out)
 
     def _inherit_error(self, ts: TaskState, cause: TaskState, out: Messages) -> None:
         """``ts`` and everything downstream of it fail with ``cause``'s error."""
         stack = [ts]
         while stack:
             t = stack.pop()
-            if t.state == "erred":
+            if t.state in ("erred", "memory"):
                 continue
             if t.processing_on is not None:
                 t.processing_on.processing.discard(t)
@@ -333,9 +405,25 @@ class SchedulerState:
             for client in t.who_wants:
                 out.append((("client", client), self._erred_msg(t)))
             stack.extend(t.dependents)
+            self._drop_inputs(t, out)
+
+    def _drop_inputs(self, ts: TaskState, out: Messages) -> None:
+        """A failed task needs its inputs no more."""
+        for dep in list(ts.dependencies):
+            if ts in dep.waiters:
+                dep.waiters.discard(ts)
+                self._maybe_release(dep, out)
 
     def _in_memory_msg(self, ts: TaskState) -> dict[str, Any]:
-        return {"op": "key-in-memory", "key": ts.key, "type": ts.type, "nbytes": ts.nbytes}
+        # who_has: the client fetches the result from there without asking the scheduler first
+        who_has = [ws.address for ws in ts.who_has]
+        return {
+            "op": "key-in-memory",
+            "key": ts.key,
+            "type": ts.type,
+            "nbytes": ts.nbytes,
+            "who_has": who_has,
+        }
 
     def _erred_msg(self, ts: TaskState) -> dict[str, Any]:
         return {
@@ -355,34 +443,37 @@ class SchedulerState:
             if ts is None:
                 continue
             ts.who_wants.discard(client)
+            ts.observers.discard(client)
             wanted.discard(ts)
             self._maybe_release(ts, out)
         return out
 
     def _maybe_release(self, ts: TaskState, out: Messages) -> None:
-        """Drop ``ts`` if no client wants it and no pending dependent needs it (and so on upstream)."""
+        """Drop ``ts``'s data if no client wants it and no pending dependent needs it; forget it
+        once no known task depends on it (and so on upstream)."""
         stack = [ts]
         while stack:
             t = stack.pop()
             if t.who_wants or t.waiters or t.state == "processing":
                 continue
-            if t.state == "released" and not t.who_has:
-                if not t.dependents:
-                    self.tasks.pop(t.key, None)
-                continue
-            for ws in t.who_has:
-                ws.has_what.discard(t)
-                ws.nbytes -= t.nbytes
-                out.append((("worker", ws.address), {"op": "free-keys", "keys": [t.key]}))
-            t.who_has.clear()
-            t.state = "released"
-            self.unrunnable.discard(t)
-            for dep in t.dependencies:
-                dep.waiters.discard(t)
-                dep.dependents.discard(t)
-                stack.append(dep)
-            if not t.dependents:
-                self.tasks.pop(t.key, None)
+            if t.state != "released" or t.who_has:
+                for ws in t.who_has:
+                    ws.has_what.discard(t)
+                    ws.nbytes -= t.nbytes
+                    out.append((("worker", ws.address), {"op": "free-keys", "keys": [t.key]}))
+                t.who_has.clear()
+                t.state = "released"
+                t.waiting_on.clear()
+                self.unrunnable.discard(t)
+                for dep in t.dependencies:
+                    if t in dep.waiters:
+                        dep.waiters.discard(t)
+                        stack.append(dep)
+            if not t.dependents and self.tasks.get(t.key) is t:
+                del self.tasks[t.key]
+                for dep in t.dependencies:
+                    dep.dependents.discard(t)
+                    stack.append(dep)
 
     def add_keys(self, worker: str, keys: dict[Any, int], client: Any = None) -> Messages:
         """``worker`` holds ``keys`` too: data scattered there, or copied there as a dependency."""
@@ -396,13 +487,18 @@ class SchedulerState:
                 if ws not in ts.who_has:
                     ts.who_has.add(ws)
                     ws.has_what.add(ts)
+                    ws.nbytes += ts.nbytes  # released from every holder later
                 continue
-            if ts is not None and ts.state == "released" and ts.spec is not None:
-                out.append((("worker", worker), {"op": "free-keys", "keys": [key]}))  # nobody needs it
+            if ts is not None and ts.spec is not None:
+                if ts.state in ("processing", "waiting"):  # a copy made before it was lost: use it
+                    out += self.task_finished(worker, key, nbytes or ts.nbytes, ts.type)
+                else:  # not needed (any more), or failed
+                    out.append((("worker", worker), {"op": "free-keys", "keys": [key]}))
                 continue
             if ts is None:
                 ts = self.tasks[key] = TaskState(key, None, (next(self.generation), 0))
             ts.state = "memory"
+            ts.exception = ts.traceback = ts.erred_on = None
             ts.nbytes = nbytes
             ts.who_has.add(ws)
             ws.has_what.add(ts)

@@ -4,42 +4,76 @@ It keeps one batched stream to the scheduler (task results, metrics) and listens
 (``get-data``: worker-to-worker transfers and client gathers; ``run``: a function on this
 worker).  Tasks run on a thread pool of ``nthreads``; :class:`~.state.WorkerState` decides what
 runs and what is fetched.  Worker plugins go through the core's :class:`taskloom.worker.WorkerRuntime`
-so they behave as on every other backend.  When the scheduler goes away the worker stops.
+so they behave as on every other backend: installed packages' worker hooks are set up when the
+worker starts, user plugins in registration order, all torn down in reverse when it stops.  When
+the scheduler goes away the worker stops; a worker process ends even if a task is still running.
+
+Task specifications stay frames until a task runs, so a task that cannot be unpickled here (a
+module missing on this machine) fails that task with the reason, never the worker.  A client's
+``config.set`` values arrive as ``client-config`` messages and are in force, on the running
+thread only, while that client's tasks run (``taskloom.config.overlay``).
+
+Memory (:mod:`.memory`, :mod:`.monitor`): results live in a :class:`~.memory.SpillBuffer` that
+writes the least recently used to disk past ``memory_limit * target``; a monitor checks the
+process memory every ``monitor_interval`` and spills (past ``spill``), pauses (past ``pause``)
+or, in a worker process of its own, exits with :data:`~.memory.MEMORY_EXIT_CODE` (past
+``terminate``) for its nanny to restart it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import os
+import shutil
+import signal
 import ssl
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import attrs
+from taskloom import config as tl_config
 from taskloom.errors import WorkerPluginError
 from taskloom.worker import Worker as CoreWorker
 from taskloom.worker import WorkerRuntime
 
+from .. import logbuffer
 from ..batched import BatchedSend
 from ..comm import (
     Comm,
     CommClosedError,
     HandshakeError,
+    Security,
     Serialized,
     accept,
     connect,
     connect_handshake,
     listen,
 )
+from ..nanny.process import nanny_link
+from .dump import worker_state
+from .memory import (
+    MEMORY_EXIT_CODE,
+    SpillBuffer,
+    data_metrics,
+    make_worker_directory,
+    parse_memory_limit,
+    sizeof,
+    to_serialized,
+)
+from .monitor import MemoryLimits, MemoryMonitor, spill_until_below
 from .state import WorkerState
 
 logger = logging.getLogger("taskloom.distributed.worker")
 
-METRICS_INTERVAL = 1.0
+CLOSE_TIMEOUT = 5.0  # seconds a closing worker waits for running tasks before tearing down
 
 
 class Worker:
@@ -49,24 +83,47 @@ class Worker:
         self,
         scheduler_address: str,
         nthreads: int = 1,
-        memory_limit: int = 0,
+        memory_limit: int | str = 0,
         name: str = "",
         host: str = "127.0.0.1",
         port: int = 0,
         auth_token: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         config: dict[str, Any] | None = None,
+        *,
+        local_directory: str | None = None,
+        memory_target_fraction: float | bool | None = None,
+        memory_spill_fraction: float | bool | None = None,
+        memory_pause_fraction: float | bool | None = None,
+        memory_terminate_fraction: float | bool | None = None,
+        owns_process: bool = False,
+        security: Security | None = None,
     ) -> None:
         self.scheduler_address = scheduler_address
+        client_ssl_context = None
+        if security is not None:  # a token and/or TLS files; explicit arguments win
+            auth_token = auth_token or security.token
+            ssl_context = ssl_context or security.server_context()
+            client_ssl_context = security.client_context()
+        self.client_ssl_context = client_ssl_context  # for connections this worker opens
+        self.configs: dict[str, Any] = {}  # client config id -> its config.set values
         self.nthreads = nthreads
-        self.memory_limit = memory_limit
+        self.memory_limit = parse_memory_limit(memory_limit, nthreads)
+        self._init_memory(
+            local_directory,
+            owns_process,
+            target=memory_target_fraction,
+            spill=memory_spill_fraction,
+            pause=memory_pause_fraction,
+            terminate=memory_terminate_fraction,
+        )
         self.name = name
         self.host = host
         self.port = port
         self.auth_token = auth_token
         self.ssl_context = ssl_context
         self.address = ""
-        self.state = WorkerState(nthreads)
+        self.state = WorkerState(nthreads, data=self.data)
         self.executor = ThreadPoolExecutor(nthreads, thread_name_prefix="taskloom-worker")
         self.server: asyncio.Server | None = None
         self.stream: BatchedSend | None = None
@@ -77,7 +134,15 @@ class Worker:
         self.runtime = WorkerRuntime(CoreWorker(name or "worker", "distributed"))
         self.plugin_error: BaseException | None = None
         self._plugin_version = 0
+        self._plugin_objects: dict[str, tuple[list[bytes], Any]] = {}  # name -> (frames, object)
         self._local = threading.local()
+        self.finished = asyncio.Event()  # set when close() has finished
+        self.nanny = nanny_link()  # the nanny that started this process, if one did
+        self.heartbeat_interval = float(tl_config.get("distributed.worker.heartbeat_interval", 0.5))
+        self.reconnect_timeout = float(tl_config.get("distributed.worker.reconnect_timeout", 10))
+        self._epoch = 0  # bumped each time the worker drops everything to register afresh
+        self._lost_scheduler = False
+        self.events = logbuffer.event_log()  # (time, op, key(s)) of recent messages and results
 
     # -- life cycle --------------------------------------------------------------------------
     async def start(self) -> Worker:
@@ -87,8 +152,31 @@ class Worker:
         self.state.address = self.address
         self.runtime.worker.name = self.name or self.address
         self.runtime.worker.address = self.address  # type: ignore[attr-defined]
-        comm = await connect(self.scheduler_address, self.ssl_context)
+        self.runtime.worker.data = self.data  # type: ignore[attr-defined]  # get_worker().data
+        self.runtime.worker.state = self.state  # type: ignore[attr-defined]
+        self.runtime.worker.memory_monitor = self.memory_monitor  # type: ignore[attr-defined]
+        logbuffer.install()  # recent log records, for client.dump_cluster_state
+        await self._sync_plugins({})  # installed packages' worker hooks: before the first task
+        comm = await self._register()
+        self.stream = BatchedSend(comm)
+        self._spawn(self._scheduler_loop(comm))
+        self._spawn(self._metrics_loop())
+        if self.memory_limits.monitored:
+            self._spawn(self._memory_loop())
+        if self.nanny is not None:
+            self.nanny.started(self.address)
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # main thread only
+                loop = asyncio.get_running_loop()
+                loop.add_signal_handler(
+                    signal.SIGTERM, lambda: self._spawn(self.close("stopped by its nanny"))
+                )
+        return self
+
+    async def _register(self) -> Comm:
+        """Connect to the scheduler and register with it (at start, and afresh after losing it)."""
+        comm = await connect(self.scheduler_address, self.client_ssl_context)
         await connect_handshake(comm, self.auth_token, "worker", self.name)
+        comm.unpickle = False  # task specifications stay frames until they run (see _run_task)
         await comm.write(
             {
                 "op": "register-worker",
@@ -97,12 +185,41 @@ class Worker:
                 "nthreads": self.nthreads,
                 "memory_limit": self.memory_limit,
                 "pid": os.getpid(),
+                "nanny": self.nanny.nanny_id if self.nanny is not None else None,
+                "log": self.nanny.log if self.nanny is not None else "",
             }
         )
-        self.stream = BatchedSend(comm)
-        self._spawn(self._scheduler_loop(comm))
-        self._spawn(self._metrics_loop())
-        return self
+        return comm
+
+    async def _reconnect(self) -> Comm | None:
+        """The scheduler stream ended: drop every task and result (the scheduler has forgotten
+        them) and register afresh, trying for ``distributed.worker.reconnect_timeout`` seconds."""
+        old, self.stream = self.stream, None
+        if old is not None:
+            old.comm.close()
+        self._epoch += 1  # what still runs or arrives from before is thrown away
+        paused = getattr(self.state, "paused", False)
+        self.data.clear()
+        self.state = WorkerState(self.nthreads, self.address, data=self.data)
+        self.runtime.worker.state = self.state  # type: ignore[attr-defined]
+        if paused:
+            self._do(self.state.set_paused(True))
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay = 0.05
+        while not self.closed.is_set():
+            try:
+                comm = await self._register()
+            except (OSError, ConnectionError) as exc:
+                if time.monotonic() + delay > deadline:
+                    logger.warning("worker %s: cannot reach the scheduler: %s", self.address, exc)
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 1.0)
+                continue
+            self.stream = BatchedSend(comm)
+            logger.warning("worker %s: registered again with %s", self.address, self.scheduler_address)
+            return comm
+        return None
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -114,7 +231,11 @@ class Worker:
             return
         logger.info("worker %s closing: %s", self.address, reason)
         self.closed.set()
+        if self.nanny is not None:  # so it does not restart this worker as if it had crashed
+            self.nanny.closing(reason, self._lost_scheduler)
         if self.stream is not None:
+            with contextlib.suppress(CommClosedError):
+                self.stream.send({"op": "closing", "reason": reason})
             await self.stream.close()
             self.stream.comm.close()
         for comm in self._peers.values():
@@ -124,29 +245,75 @@ class Worker:
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
+        # tasks still running get CLOSE_TIMEOUT s to finish before plugins are torn down; a
+        # thread of its own, so that a task that never returns cannot hold the worker open
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._teardown)
+        done = loop.create_future()
+
+        def teardown() -> None:
+            try:
+                self._teardown()
+            except BaseException:
+                logger.exception("worker %s: closing failed", self.address)
+            finally:
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(_resolve, done)
+
+        threading.Thread(target=teardown, name="taskloom-worker-close", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), CLOSE_TIMEOUT + 5)
+        except TimeoutError:
+            logger.warning(
+                "worker %s: tasks still running after %g s; closing anyway", self.address, CLOSE_TIMEOUT
+            )
+        self.finished.set()
 
     def _teardown(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        for thread in list(getattr(self.executor, "_threads", ())):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if isinstance(self.data, SpillBuffer):
+            self.data.close()  # deletes the spill files
+        if self.local_directory:
+            shutil.rmtree(self.local_directory, ignore_errors=True)
         try:
             self.runtime.close()
         except Exception:
             logger.exception("worker plugin teardown failed")
 
     # -- the scheduler stream ------------------------------------------------------------------
-    async def _scheduler_loop(self, comm: Comm) -> None:
+    async def _scheduler_loop(self, comm: Comm | None) -> None:
+        reason = "the scheduler went away"
         try:
-            while True:
-                for msg in await comm.read():
-                    await self._scheduler_message(msg)
-        except CommClosedError:
-            pass
+            while comm is not None:
+                try:
+                    while True:
+                        for msg in await comm.read():
+                            try:
+                                await self._scheduler_message(msg)
+                            except Exception:  # one bad message must not take the worker down
+                                logger.exception(
+                                    "worker %s: could not handle %r from the scheduler",
+                                    self.address,
+                                    msg.get("op"),
+                                )
+                except CommClosedError:
+                    pass
+                if self.closed.is_set():
+                    return
+                comm = await self._reconnect()
+            self._lost_scheduler = True
+            reason = f"lost the scheduler (no reconnection within {self.reconnect_timeout:g} s)"
+        except Exception as exc:  # an unreadable stream: nothing more can be trusted on it
+            reason = f"unreadable message from the scheduler: {exc}"
+            logger.exception("worker %s: %s", self.address, reason)
         finally:
-            await self.close("the scheduler went away")
+            await self.close(reason)
 
     async def _scheduler_message(self, msg: dict[str, Any]) -> None:
         op = msg["op"]
+        self.events.append((time.time(), op, msg["key"] if "key" in msg else list(msg.get("keys", ()))))
         if op == "compute-task":
             self._do(self.state.compute_task(msg))
         elif op == "free-keys":
@@ -155,28 +322,67 @@ class Worker:
             error = await self._sync_plugins(msg["plugins"])
             if "rid" in msg and self.stream is not None:
                 self.stream.send({"op": "reply", "rid": msg["rid"], "error": error})
+        elif op == "client-config":
+            self.configs[msg["id"]] = msg["config"]  # loaded on first use, on a task thread
+        elif op == "forget-config":
+            for cid in msg["ids"]:
+                self.configs.pop(cid, None)
         elif op == "close":
             await self.close(msg.get("reason", "asked to close"))
+        elif op == "restart":  # client.restart() without a nanny: drop everything, register again
+            if self.stream is not None:
+                self.stream.comm.close()  # the scheduler loop then reconnects (_reconnect)
+        elif op == "steal-request":  # another worker is idle: this task goes there if not started
+            self._do(self.state.steal(msg["key"]))
+        elif op == "acquire-replicas":  # copies of a retiring worker's results
+            self._do(self.state.acquire_replicas(msg["who_has"]))
+        elif op == "dump-state":
+            if self.stream is not None:
+                self.stream.send({"op": "reply", "rid": msg["rid"], "state": worker_state(self)})
         elif op == "registered":
             pass
 
-    async def _sync_plugins(self, plugins: dict[str, Any]) -> str | None:
-        loaded = {name: (p.load() if isinstance(p, Serialized) else p) for name, p in plugins.items()}
-        loop = asyncio.get_running_loop()
+    async def _sync_plugins(self, plugins: dict[str, Any]) -> dict[str, Any] | None:
+        """Set up (and tear down) plugins to match ``plugins``, in order, on a task thread.
 
+        Returns None, or the failure for the client: the plugin's name, its exception (frames)
+        and traceback.  Until a later sync succeeds, every task here fails with that error.
+        """
+        loop = asyncio.get_running_loop()
         self._plugin_version += 1
         version = self._plugin_version
 
         def sync() -> None:
+            loaded = {}
+            for name, plugin in plugins.items():
+                try:
+                    loaded[name] = self._load_plugin(name, plugin)
+                except BaseException as exc:
+                    raise WorkerPluginError(name, self.runtime.worker.name, exc) from exc
             self.runtime.sync(version, loaded)
 
         try:
             await loop.run_in_executor(self.executor, sync)
-            self.plugin_error = None
-            return None
         except WorkerPluginError as exc:
             self.plugin_error = exc
-            return str(exc)
+            logger.error("worker %s: %s", self.address or self.name, exc)
+            blob, text = _pack_error(exc.error)
+            return {"name": exc.name, "exception": blob, "traceback": text, "message": str(exc)}
+        self.plugin_error = None
+        return None
+
+    def _load_plugin(self, name: str, plugin: Any) -> Any:
+        """The plugin object; the same one as before while its frames are unchanged, so that a
+        plugin registered earlier is not torn down and set up again when another one arrives."""
+        if not isinstance(plugin, Serialized):
+            return plugin
+        frames = [bytes(f) for f in plugin.frames]
+        cached = self._plugin_objects.get(name)
+        if cached is not None and cached[0] == frames:
+            return cached[1]
+        obj = plugin.load()
+        self._plugin_objects[name] = (frames, obj)
+        return obj
 
     def _do(self, instructions: list[tuple[Any, ...]]) -> None:
         for ins in instructions:
@@ -194,9 +400,17 @@ class Worker:
             self._do(self.state.executed(key, error=True))
             return
         loop = asyncio.get_running_loop()
+        epoch = self._epoch
+        slot = self.nanny.slots.acquire(key) if self.nanny is not None else None  # for a post-mortem
         start = time.time()
-        ok, value = await loop.run_in_executor(self.executor, self._run_task, key, ts.spec)
+        try:
+            ok, value = await loop.run_in_executor(self.executor, self._run_task, key, ts.spec)
+        finally:
+            if self.nanny is not None:
+                self.nanny.slots.release(slot)
         stop = time.time()
+        if epoch != self._epoch:  # registered afresh since: this result is nobody's any more
+            return
         if ok:
             self._do(self.state.executed(key, value))
             msg = {"op": "task-finished", "key": key, "nbytes": _nbytes(value), "type": type(value).__name__}
@@ -212,6 +426,7 @@ class Worker:
                 "start": start,
                 "stop": stop,
             }
+        self.events.append((stop, msg["op"], key))
         if self.stream is not None:
             try:
                 self.stream.send(msg)
@@ -227,10 +442,17 @@ class Worker:
         try:
             if self.plugin_error is not None:
                 raise self.plugin_error
+            config_id = None
+            if type(spec) is tuple:  # (spec, id of the submitting client's config)
+                spec, config_id = spec
             task = spec.load() if isinstance(spec, Serialized) else spec
             if runtime.observes_transitions:
                 runtime.transition(key, "ready", "executing")
-            value = task(self.state.data)
+            if config_id is None:
+                value = task(self.state.data)
+            else:
+                with tl_config.overlay(self._client_config(config_id)):
+                    value = task(self.state.data)
             if runtime.observes_transitions:
                 runtime.transition(key, "executing", "memory")
             return True, value
@@ -239,35 +461,45 @@ class Worker:
                 runtime.transition(key, "executing", "error")
             return False, _pack_error(exc)
 
+    def _client_config(self, config_id: str) -> dict[str, Any]:
+        """The ``config.set`` values of config ``config_id``, unpickled once."""
+        values = self.configs.get(config_id)
+        if values is None:
+            raise RuntimeError(f"worker {self.address}: the client configuration {config_id!r} never arrived")
+        if isinstance(values, Serialized):
+            values = self.configs[config_id] = values.load()
+        return values
+
     # -- fetching from peers ---------------------------------------------------------------------
     async def _peer(self, address: str) -> Comm:
         lock = self._peer_locks.setdefault(address, asyncio.Lock())
         async with lock:
             comm = self._peers.get(address)
             if comm is None or comm.closed:
-                comm = await connect(address, self.ssl_context)
+                comm = await connect(address, self.client_ssl_context)
                 await connect_handshake(comm, self.auth_token, "worker", self.name)
                 self._peers[address] = comm
             return comm
 
     async def _fetch(self, peer: str, keys: list[Any]) -> None:
+        epoch = self._epoch
         try:
             data = await get_data(
                 await self._peer(peer), keys, self._peer_locks.setdefault("rpc:" + peer, asyncio.Lock())
             )
         except (OSError, CommClosedError, HandshakeError, KeyError) as exc:
             self._peers.pop(peer, None)
-            self._do(self.state.fetch_failed(peer, keys, str(exc)))
+            if epoch == self._epoch:
+                self._do(self.state.fetch_failed(peer, keys, str(exc)))
             return
-        self._do(self.state.fetched(peer, data))
+        if epoch == self._epoch:
+            self._do(self.state.fetched(peer, data))
 
     # -- serving peers and clients ---------------------------------------------------------------
     async def _handle_peer(self, comm: Comm) -> None:
         try:
-            await asyncio.wait_for(accept(comm, self.auth_token, "worker"), 10)
-        except (TimeoutError, HandshakeError, CommClosedError, ValueError) as exc:
-            logger.warning("closed connection from %s: %s", comm.peer, exc)
-            comm.close()
+            await accept(comm, self.auth_token, "worker")  # logs and closes a refused peer
+        except HandshakeError:
             return
         try:
             while True:
@@ -286,7 +518,7 @@ class Worker:
             out = {}
             for k in msg["keys"]:
                 try:
-                    out[k] = Serialized.of(data[k])
+                    out[k] = to_serialized(data, k)  # a spilled value goes as read from disk
                 except Exception as exc:
                     t = type(data[k])
                     return {
@@ -327,15 +559,125 @@ class Worker:
         while not self.closed.is_set():
             if self.stream is not None:
                 try:
-                    self.stream.send(
-                        {"op": "metrics", "metrics": {"memory": proc.memory_info().rss, "time": time.time()}}
-                    )
+                    self.stream.send({"op": "metrics", "metrics": self._metrics(proc.memory_info().rss)})
                 except CommClosedError:
                     return
             try:
-                await asyncio.wait_for(self.closed.wait(), METRICS_INTERVAL)
+                await asyncio.wait_for(self.closed.wait(), self.heartbeat_interval)  # also a heartbeat
             except TimeoutError:
                 pass
+
+    # -- memory ------------------------------------------------------------------------------------
+    def _init_memory(self, local_directory: str | None, owns_process: bool, **fractions: Any) -> None:
+        limits = MemoryLimits.from_config(self.memory_limit, **fractions)
+        if not owns_process and limits.terminate is not None:
+            # a worker inside another program (processes=False) cannot be restarted: never exit
+            limits = attrs.evolve(limits, terminate=None)
+        self.memory_limits = limits
+        self.memory_monitor = MemoryMonitor(limits)
+        self.local_directory = ""
+        self.data: MutableMapping[Any, Any] = {}
+        if limits.spills:
+            self.local_directory = make_worker_directory(local_directory)
+            target = limits.bytes("target")
+            self.data = SpillBuffer(
+                os.path.join(self.local_directory, "spill"), math.inf if target is None else target
+            )
+
+    def _metrics(self, rss: int) -> dict[str, Any]:
+        status = self.memory_monitor.status
+        if status == "running" and self.state.paused:
+            status = "paused"
+        return {
+            "memory": rss,
+            "time": time.time(),
+            "status": status,
+            "ready": len(self.state.ready),
+            "executing": len(self.state.executing),
+            **data_metrics(self.data),
+        }
+
+    def _send_metrics(self, rss: int) -> None:
+        if self.stream is not None:
+            try:
+                self.stream.send({"op": "metrics", "metrics": self._metrics(rss)})
+            except CommClosedError:
+                pass
+
+    async def _memory_loop(self) -> None:
+        import psutil
+
+        proc = psutil.Process()
+
+        def measure() -> int:
+            return int(proc.memory_info().rss)
+
+        while not self.closed.is_set():
+            await self._check_memory(measure)
+            try:
+                await asyncio.wait_for(self.closed.wait(), self.memory_limits.monitor_interval)
+            except TimeoutError:
+                pass
+
+    async def _check_memory(self, measure: Callable[[], int]) -> None:
+        """One turn of the memory monitor: spill, pause, resume or terminate as it decides."""
+        monitor = self.memory_monitor
+        rss = measure()
+        while not self.closed.is_set():
+            instructions = monitor.check(rss)
+            spill = [ins for ins in instructions if ins[0] == "spill"]
+            for ins in instructions:
+                if ins[0] != "spill":
+                    await self._memory_instruction(ins, rss)
+            if not spill:
+                return
+            done = spill_until_below(spill[0][1], self._evict, measure)
+            for ins in monitor.spilled(done.rss, done.exhausted):
+                await self._memory_instruction(ins, done.rss)
+            if done.done or done.exhausted:
+                return
+            await asyncio.sleep(0)  # let messages and finished tasks through between rounds
+            rss = measure()
+
+    def _evict(self) -> int:
+        return self.data.evict() if isinstance(self.data, SpillBuffer) else -1
+
+    async def _memory_instruction(self, ins: tuple[Any, ...], rss: int) -> None:
+        op = ins[0]
+        if op in ("pause", "resume"):
+            logger.warning("%s: %s", self.address, ins[1])
+            self._do(self.state.set_paused(op == "pause"))
+            self._send_metrics(rss)
+            if self.stream is not None:  # the scheduler sends new tasks to running workers only
+                try:
+                    self.stream.send(
+                        {"op": "worker-status", "status": "paused" if op == "pause" else "running"}
+                    )
+                except CommClosedError:
+                    pass
+        elif op == "warn":
+            logger.warning("%s: %s", self.address, ins[1])
+        elif op == "terminate":
+            await self._exit_for_memory(ins[1], rss)
+
+    async def _exit_for_memory(self, reason: str, rss: int) -> None:
+        """Past ``terminate``: tell the scheduler, remove the spill files, exit for the nanny."""
+        logger.error("%s: %s (exit status %d)", self.address, reason, MEMORY_EXIT_CODE)
+        self.state.set_paused(True)
+        self._send_metrics(rss)
+        if self.stream is not None:
+            try:
+                await asyncio.wait_for(self.stream.close(), 2)
+            except Exception:
+                pass
+        if isinstance(self.data, SpillBuffer):
+            self.data.spill_files.remove()
+        if self.local_directory:
+            shutil.rmtree(self.local_directory, ignore_errors=True)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.flush()
+        os._exit(MEMORY_EXIT_CODE)
 
 
 async def get_data(comm: Comm, keys: list[Any], lock: asyncio.Lock | None = None) -> dict[Any, Any]:
@@ -354,14 +696,13 @@ async def get_data(comm: Comm, keys: list[Any], lock: asyncio.Lock | None = None
     return {k: (v.load() if isinstance(v, Serialized) else v) for k, v in reply["data"].items()}
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _nbytes(value: Any) -> int:
-    n = getattr(value, "nbytes", None)
-    if isinstance(n, int):
-        return n
-    try:
-        return sys.getsizeof(value)
-    except Exception:
-        return 0
+    return sizeof(value)
 
 
 def _pack_error(exc: BaseException) -> tuple[Any, str]:
@@ -373,7 +714,19 @@ def _pack_error(exc: BaseException) -> tuple[Any, str]:
     return blob, text
 
 
-async def run_worker(scheduler_address: str, **kwargs: Any) -> None:
-    """Run a worker until the scheduler goes away or it is closed."""
+async def run_worker(scheduler_address: str, *, exit_process: bool = False, **kwargs: Any) -> None:
+    """Run a worker until the scheduler goes away or it is closed.
+
+    ``exit_process``: the worker is this whole process -- when it has closed, end the process
+    at once (``os._exit``), so that a task still running cannot keep it alive as an orphan.
+    """
+    kwargs.setdefault("owns_process", True)  # so it may exit past the memory terminate threshold
     worker = await Worker(scheduler_address, **kwargs).start()
     await worker.closed.wait()
+    await worker.finished.wait()
+    if exit_process:
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

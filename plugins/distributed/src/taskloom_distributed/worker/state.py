@@ -4,13 +4,17 @@ Events: the scheduler asks for a task (``compute_task``), a dependency arrived f
 (``fetched``) or could not be fetched (``fetch_failed``), a task finished (``executed``), keys
 were freed (``free``).  Each returns *instructions* for the server, which does the I/O:
 ``("fetch", peer_address, [keys])``, ``("execute", key)`` and ``("send", message)``.  Ready
-tasks run highest priority first, at most ``nthreads`` at a time.
+tasks run highest priority first, at most ``nthreads`` at a time.  A *paused* worker (its memory
+is above the ``pause`` threshold: :meth:`WorkerState.set_paused`) starts no task and fetches
+nothing until it is resumed; tasks keep arriving and wait, ready, meanwhile.  ``data`` may be any
+mutable mapping: the worker passes its spill-to-disk store (:class:`~.memory.SpillBuffer`).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import MutableMapping
 from typing import Any
 
 import attrs
@@ -33,11 +37,14 @@ class WorkerTask:
 class WorkerState:
     """What a worker holds, runs and fetches."""
 
-    def __init__(self, nthreads: int, address: str = "") -> None:
+    def __init__(
+        self, nthreads: int, address: str = "", data: MutableMapping[Any, Any] | None = None
+    ) -> None:
         self.nthreads = nthreads
         self.address = address
         self.tasks: dict[Any, WorkerTask] = {}
-        self.data: dict[Any, Any] = {}
+        self.data: MutableMapping[Any, Any] = {} if data is None else data
+        self.paused = False
         self.ready: list[tuple[tuple[int, ...], int, Any]] = []  # (priority, arrival, key)
         self._arrivals = itertools.count()
         self.executing: set[Any] = set()
@@ -61,7 +68,6 @@ class WorkerState:
         ts.dependencies = set(msg["who_has"])
         ts.missing = {d for d in ts.dependencies if d not in self.data}
         out: Instructions = []
-        wanted: dict[str, list[Any]] = {}
         for dep in ts.missing:
             dts = self.tasks.get(dep)
             if dts is None:
@@ -70,22 +76,73 @@ class WorkerState:
             dts.who_has = list(msg["who_has"][dep])
             if dts.state in ("new", "error"):
                 dts.state = "fetch"
-        for dep in ts.missing:
-            dts = self.tasks[dep]
-            if dts.state == "fetch":
-                peer = self._pick_peer(dts)
-                if peer is None:
-                    continue
-                dts.state = "flight"
-                wanted.setdefault(peer, []).append(dep)
-        for peer, keys in wanted.items():
-            self.in_flight.setdefault(peer, set()).update(keys)
-            out.append(("fetch", peer, keys))
+        out += self._fetch([self.tasks[dep] for dep in ts.missing])
         if ts.missing:
             ts.state = "waiting"
         else:
             self._make_ready(ts)
         return out + self._schedule()
+
+    def _fetch(self, deps: list[WorkerTask]) -> Instructions:
+        """Fetch instructions for the dependencies in state ``fetch`` (none while paused)."""
+        if self.paused:
+            return []
+        wanted: dict[str, list[Any]] = {}
+        for dts in deps:
+            if dts.state == "fetch":
+                peer = self._pick_peer(dts)
+                if peer is None:
+                    continue
+                dts.state = "flight"
+                wanted.setdefault(peer, []).append(dts.key)
+        out: Instructions = []
+        for peer, keys in wanted.items():
+            self.in_flight.setdefault(peer, set()).update(keys)
+            out.append(("fetch", peer, keys))
+        return out
+
+    def set_paused(self, paused: bool) -> Instructions:
+        """Pause (memory above ``pause``: start nothing, fetch nothing) or resume."""
+        self.paused = paused
+        if paused:
+            return []
+        needed = [ts for ts in self.tasks.values() if ts.state == "fetch" and ts.dependents]
+        return self._fetch(needed) + self._schedule()
+
+    def acquire_replicas(self, who_has: dict[Any, list[str]]) -> Instructions:
+        """Copy results from the peers holding them (a retiring worker's): fetched like inputs, and
+        reported with ``add-keys`` once here.  Keys held, coming or being computed here are skipped."""
+        out: Instructions = []
+        held = {key: 0 for key in who_has if key in self.data}
+        if held:  # here already: the scheduler just did not know
+            out.append(("send", {"op": "add-keys", "keys": held}))
+        wanted = []
+        for key, holders in who_has.items():
+            if key in held:
+                continue
+            dts = self.tasks.get(key)
+            if dts is None:
+                dts = self.tasks[key] = WorkerTask(key)
+            if dts.state in ("new", "error", "fetch"):
+                dts.state = "fetch"
+                dts.who_has = list(holders)
+                wanted.append(dts)
+        return out + self._fetch(wanted)
+
+    def steal(self, key: Any) -> Instructions:
+        """The scheduler would move ``key`` to another worker: dropped if it has not started here."""
+        ts = self.tasks.get(key)
+        stolen = ts is not None and ts.state in ("ready", "waiting")
+        if stolen and ts is not None:
+            del self.tasks[key]  # its entry in the ready heap is skipped when it comes up
+            for dep in ts.dependencies:
+                dts = self.tasks.get(dep)
+                if dts is not None:
+                    dts.dependents.discard(key)
+                    if dts.state == "fetch" and not dts.dependents:  # not asked for yet: not needed
+                        del self.tasks[dep]
+        state = ts.state if ts is not None else "released"
+        return [("send", {"op": "steal-response", "key": key, "stolen": stolen, "state": state})]
 
     def _pick_peer(self, dts: WorkerTask) -> str | None:
         peers = [p for p in dts.who_has if p != self.address]
@@ -99,7 +156,7 @@ class WorkerState:
 
     def _schedule(self) -> Instructions:
         out: Instructions = []
-        while self.ready and len(self.executing) < self.nthreads:
+        while self.ready and len(self.executing) < self.nthreads and not self.paused:
             _, _, key = heapq.heappop(self.ready)
             ts = self.tasks.get(key)
             if ts is None or ts.state != "ready":
@@ -133,11 +190,13 @@ class WorkerState:
         out: Instructions = []
         for key in keys:
             dts = self.tasks.get(key)
-            if dts is None:
+            if dts is None or dts.state != "flight":  # freed, or to be computed here, since
                 continue
             dts.who_has = [p for p in dts.who_has if p != peer]
             nxt = self._pick_peer(dts)
-            if nxt is not None:
+            if nxt is not None and self.paused:
+                dts.state = "fetch"  # fetched from another holder once resumed
+            elif nxt is not None:
                 self.in_flight.setdefault(nxt, set()).add(key)
                 out.append(("fetch", nxt, [key]))
             else:
@@ -161,6 +220,7 @@ class WorkerState:
             ts = self.tasks.get(key)
             if ts is not None and ts.state == "executing":
                 continue  # it finishes, is reported, and the scheduler frees it again
-            self.data.pop(key, None)
+            if key in self.data:  # not pop(): that would read a spilled value back from disk
+                del self.data[key]
             self.tasks.pop(key, None)
         return self._schedule()
