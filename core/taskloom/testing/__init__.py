@@ -14,7 +14,8 @@ A third-party scheduler proves it behaves like the built-in ones with one test c
 
 pytest collects every ``test_*`` method of the mixin against ``scheduler``.  The fixtures
 ``taskloom_scheduler_names``, ``no_leaked_threads``, ``clean_config`` and ``registered_plugin``
-come with the ``taskloom`` pytest plugin, active wherever taskloom is installed::
+come with the ``taskloom`` pytest plugin, active wherever taskloom is installed, and
+``wait_until(condition, timeout)`` polls for what another process makes true::
 
     def test_my_hooks(registered_plugin, no_leaked_threads):
         with registered_plugin(MyPlugin()):
@@ -32,6 +33,7 @@ from .fixtures import (  # noqa: E402
     registered_plugin,
     taskloom_scheduler_names,
 )
+from .polling import wait_until  # noqa: E402
 
 __all__ = [
     "SchedulerConformance",
@@ -39,4 +41,5 @@ __all__ = [
     "no_leaked_threads",
     "registered_plugin",
     "taskloom_scheduler_names",
+    "wait_until",
 ]

@@ -20,6 +20,7 @@ import psutil
 import pytest
 import taskloom
 from taskloom.serialize import SerializationError
+from taskloom.testing import wait_until
 from taskloom_distributed import (
     FIRST_COMPLETED,
     FIRST_EXCEPTION,
@@ -91,12 +92,6 @@ class Outer:
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-def wait_until(condition: Any, what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -275,7 +270,7 @@ def test_cancel_releases_a_running_task_and_result_raises(client: Client, gates:
     gate, started = gates("cancel"), str(tmp_path / "started")
     running = client.submit(started_then_gated, started, gate, pure=False)
     waiting = client.submit(touch, str(tmp_path / "never"), running)  # needs the running one
-    wait_until(lambda: os.path.exists(started), "the task started")
+    wait_until(lambda: os.path.exists(started), what="the task started")
 
     running.cancel()
     waiting.cancel()
@@ -287,7 +282,7 @@ def test_cancel_releases_a_running_task_and_result_raises(client: Client, gates:
     assert not known_to_scheduler(client, waiting.key)  # forgotten at once: it had not started
 
     open_gate(gate)  # the running one finishes, and the cluster drops its result
-    wait_until(lambda: not known_to_scheduler(client, running.key), "the cancelled task was released")
+    wait_until(lambda: not known_to_scheduler(client, running.key), what="the cancelled task was released")
     assert not (tmp_path / "never").exists()
     assert client.submit(inc, 1).result() == 2
 
@@ -307,7 +302,7 @@ def test_dropping_the_last_future_releases_the_result(client: Client) -> None:
     key = future.key
     assert key in client.who_has()
     del future
-    wait_until(lambda: key not in client.who_has(), "the dropped result was released")
+    wait_until(lambda: key not in client.who_has(), what="the dropped result was released")
 
 
 # -- gather ---------------------------------------------------------------------------------------------
@@ -341,7 +336,7 @@ def test_executor_cancel_and_map_timeout(client: Client, gates: Any, tmp_path: P
     gate, started = gates("executor"), str(tmp_path / "started")
     executor = client.get_executor()
     held = executor.submit(started_then_gated, started, gate)
-    wait_until(lambda: os.path.exists(started), "the task started")
+    wait_until(lambda: os.path.exists(started), what="the task started")
     assert held.cancel()
     assert held.cancelled()
     assert cf.wait([held], timeout=DEADLINE).done == {held}
@@ -506,7 +501,7 @@ def test_with_client_closes_everything(gates: Any) -> None:
 def test_scheduler_info_describes_each_worker(client: Client) -> None:
     wait_until(
         lambda: all(w["memory"] > 0 for w in client.scheduler_info()["workers"].values()),
-        "the workers reported their memory",
+        what="the workers reported their memory",
     )
     workers = client.scheduler_info()["workers"]
     assert len(workers) == 2

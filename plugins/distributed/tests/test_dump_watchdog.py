@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 import taskloom
+from taskloom.testing import wait_until
 from taskloom_distributed import Client, load_cluster_dump
 from taskloom_distributed.cluster_dump import dump_format
 from taskloom_distributed.scheduler.state import SchedulerState
@@ -35,15 +35,6 @@ def shout(text: str) -> str:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def wait_until(condition: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what or condition}")
-        time.sleep(0.02)
 
 
 @pytest.fixture(autouse=True)

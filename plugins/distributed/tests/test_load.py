@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 import pytest
 from taskloom import Ref, Task
+from taskloom.testing import wait_until
 from taskloom_distributed import Client
 
 pytestmark = pytest.mark.timeout(180)
@@ -84,15 +85,6 @@ def cluster(
 
 def connect(address: str) -> Client:
     return Client(address, auth_token=TOKEN, set_as_default=False)
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {condition}")
-        time.sleep(0.05)
-    return value
 
 
 def test_a_20000_task_graph_completes_and_the_scheduler_memory_per_task_is_recorded(

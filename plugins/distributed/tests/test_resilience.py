@@ -16,6 +16,7 @@ import pytest
 import taskloom
 from taskloom import delayed
 from taskloom.errors import KilledWorkerError, TaskloomError
+from taskloom.testing import wait_until
 from taskloom_distributed import CancelledError, Client
 from taskloom_distributed.nanny import MEMORY_EXIT_CODE
 from taskloom_distributed.worker.state import WorkerState
@@ -65,16 +66,6 @@ def exit_for_memory(x: int) -> int:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def wait_until(condition: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
-    """Poll ``condition`` until it returns something true; its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what or condition}")
-        time.sleep(0.02)
 
 
 def workers(client: Client) -> dict[str, dict[str, Any]]:

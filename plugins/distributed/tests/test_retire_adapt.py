@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import psutil
 import pytest
 import taskloom
 from taskloom.errors import TaskloomError
+from taskloom.testing import wait_until
 from taskloom_distributed import Client, LocalCluster
 from taskloom_distributed.cluster.adaptive import AdaptivePolicy, Observation, WorkerLoad
 from taskloom_distributed.scheduler.retire import LEAVING, Retirement, workers_to_close
@@ -45,15 +46,6 @@ def executions(log: str) -> list[int]:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def wait_until(condition: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what or condition}")
-        time.sleep(0.02)
 
 
 def submit(st: SchedulerState, deps: dict[Any, list[Any]], wanted: list[Any], client: str = "c1") -> Messages:

@@ -18,7 +18,7 @@ import ssl
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import msgpack
 import pytest
 import taskloom
 from taskloom.errors import ConfigError
+from taskloom.testing import wait_until as until
 from taskloom_distributed import Client
 from taskloom_distributed.comm import HandshakeError, Security, connect, connect_handshake
 from taskloom_distributed.comm.handshake import local_versions, version_mismatch
@@ -37,18 +38,6 @@ COMM_LOGGER = "taskloom.distributed.comm"
 
 def inc(x: int) -> int:
     return x + 1
-
-
-def until(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    """Poll ``condition`` until it is truthy (return it) or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(0.02)
 
 
 def run(coro: Any) -> Any:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +24,6 @@ from taskloom.worker import WorkerPlugin, get_worker
 from taskloom_distributed import Client
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def until(condition: Any, timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(0.02)
 
 
 class Recorder(WorkerPlugin):

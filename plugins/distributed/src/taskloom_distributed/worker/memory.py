@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import struct
-import sys
 import tempfile
 import threading
 import time
@@ -38,6 +37,7 @@ from typing import Any
 import msgpack
 import zict
 from taskloom.serialize import SerializationError, deserialize, serialize
+from taskloom.sizeof import sizeof
 
 from ..comm import Serialized
 
@@ -50,42 +50,6 @@ MEMORY_EXIT_CODE = 75
 DIRECTORY_PREFIX = "taskloom-worker-"
 _HEADER = struct.Struct("<I")
 _UNSAFE = re.compile(r"[^\w.,-]+")
-
-
-def sizeof(value: Any, _depth: int = 0) -> int:
-    """Bytes ``value`` holds in memory: ``nbytes`` (NumPy, buffers), pandas' ``memory_usage``,
-    containers as the sum of their items (a sample of 10 for long ones), else ``sys.getsizeof``."""
-    nbytes = getattr(value, "nbytes", None)
-    if isinstance(nbytes, int) and not isinstance(value, type):
-        return nbytes
-    if isinstance(value, (bytes, bytearray, str)):
-        return sys.getsizeof(value)
-    usage = getattr(value, "memory_usage", None)
-    if callable(usage) and not isinstance(value, type):
-        try:
-            total = usage(deep=True)
-            return int(total.sum() if hasattr(total, "sum") else total)
-        except Exception:
-            pass
-    try:
-        own = sys.getsizeof(value)
-    except Exception:
-        own = 64
-    if _depth > 3:
-        return own
-    items: list[Any] | None = None
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = list(value) if len(value) <= 10 else list(value)[:: len(value) // 10][:10]
-        n = len(value)
-    elif isinstance(value, dict):
-        pairs = list(value.items())
-        pairs = pairs if len(pairs) <= 10 else pairs[:: len(pairs) // 10][:10]
-        items = [x for pair in pairs for x in pair]
-        n = 2 * len(value)
-    if not items:
-        return own
-    sample = sum(sizeof(x, _depth + 1) for x in items)
-    return own + int(sample * n / len(items))
 
 
 def _weight(key: Any, value: Any) -> float:
