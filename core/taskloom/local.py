@@ -23,6 +23,7 @@ Per-task diagnostics hooks cost a pluggy call each, so they are looked up once p
 
 from __future__ import annotations
 
+import gc
 import heapq
 import os
 import time
@@ -169,6 +170,16 @@ class ExecutionState:
     )  # fmt: skip
 
     def __init__(self, plan: Plan) -> None:
+        if not gc.isenabled():
+            self._build(plan)
+            return
+        gc.disable()  # a list per task, none freed: collections would only rescan the graph
+        try:
+            self._build(plan)
+        finally:
+            gc.enable()
+
+    def _build(self, plan: Plan) -> None:
         self.plan = plan
         self.data: dict[Key, Any] = dict(plan.literals)
         order = plan.order
