@@ -101,6 +101,11 @@ class SchedulerState:
         self.events: deque[tuple[str, Any]] = deque(maxlen=EVENTS_KEPT)  # recent notable events
         self.progress = 0  # tasks finished or failed so far: the stall watchdog watches it
         self.allowed_failures = allowed_failures
+        # tasks without inputs submitted together go to one worker in runs of consecutive
+        # priority (siblings of a reduction meet where they were made): run length, and the
+        # worker of the current run with how many it may still take
+        self._run_length = 1
+        self._run: tuple[WorkerInfo | None, int] = (None, 0)
 
     # -- clients ---------------------------------------------------------------------------------
     def add_client(self, client: Any) -> Messages:
@@ -152,8 +157,15 @@ class SchedulerState:
             ts = self.tasks[key]
             ts.who_wants.add(client)
             wanted.add(ts)
-        for ts in sorted(new + revived, key=lambda t: t.priority):
-            self._activate(ts, out)
+        roots = sum(1 for ts in new if not ts.dependencies)
+        threads = sum(ws.nthreads for ws in self.running.values())
+        if threads > 1 and roots >= 4 * threads:
+            self._run_length = -(-roots // threads)
+        try:
+            for ts in sorted(new + revived, key=lambda t: t.priority):
+                self._activate(ts, out)
+        finally:
+            self._run_length, self._run = 1, (None, 0)
         for key in keys:  # already computed (or failed) before this submission
             ts = self.tasks[key]
             if ts.state == "memory":
@@ -214,6 +226,14 @@ class SchedulerState:
         """The running worker where ``ts`` would start soonest (input transfer + queued work)."""
         if not self.running:
             return None
+        if self._run_length > 1 and not ts.dependencies:
+            current, left = self._run
+            if current is not None and left > 0 and self.running.get(current.address) is current:
+                self._run = (current, left - 1)
+                return current
+            first = min(self.running.values(), key=lambda w: len(w.processing) / w.nthreads)
+            self._run = (first, self._run_length - 1)
+            return first
         candidates: Iterable[WorkerInfo] = self.running.values()
         holders = {ws for dep in ts.dependencies for ws in dep.who_has if ws.status == "running"}
         if holders and len(self.running) > 8:

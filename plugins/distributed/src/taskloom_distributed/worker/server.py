@@ -2,11 +2,14 @@
 
 It keeps one batched stream to the scheduler (task results, metrics) and listens for peers
 (``get-data``: worker-to-worker transfers and client gathers; ``run``: a function on this
-worker).  Tasks run on a thread pool of ``nthreads``; :class:`~.state.WorkerState` decides what
-runs and what is fetched.  Worker plugins go through the core's :class:`taskloom.worker.WorkerRuntime`
-so they behave as on every other backend: installed packages' worker hooks are set up when the
-worker starts, user plugins in registration order, all torn down in reverse when it stops.  When
-the scheduler goes away the worker stops; a worker process ends even if a task is still running.
+worker).  Tasks run on ``nthreads`` threads fed from one queue (:mod:`.runner`), results coming
+back to the event loop in batches; while tasks are short a few more are queued per thread, so a
+thread goes on to the next without a round trip through the loop.  :class:`~.state.WorkerState`
+decides what runs and what is fetched.  Worker plugins go through the core's
+:class:`taskloom.worker.WorkerRuntime` so they behave as on every other backend: installed
+packages' worker hooks are set up when the worker starts, user plugins in registration order,
+all torn down in reverse when it stops.  When the scheduler goes away the worker stops; a worker
+process ends even if a task is still running.
 
 Task specifications stay frames until a task runs, so a task that cannot be unpickled here (a
 module missing on this machine) fails that task with the reason, never the worker.  A client's
@@ -69,11 +72,14 @@ from .memory import (
     to_serialized,
 )
 from .monitor import MemoryLimits, MemoryMonitor, spill_until_below
+from .runner import Outcome, TaskRunner
 from .state import WorkerState
 
 logger = logging.getLogger("taskloom.distributed.worker")
 
 CLOSE_TIMEOUT = 5.0  # seconds a closing worker waits for running tasks before tearing down
+SHORT_TASK = 0.002  # seconds: while tasks take less (on average), a few more are queued per thread
+PREFETCH_PER_THREAD = 16  # tasks queued per thread beyond the running one while tasks are short
 
 
 class Worker:
@@ -124,7 +130,9 @@ class Worker:
         self.ssl_context = ssl_context
         self.address = ""
         self.state = WorkerState(nthreads, data=self.data)
-        self.executor = ThreadPoolExecutor(nthreads, thread_name_prefix="taskloom-worker")
+        self.executor = ThreadPoolExecutor(nthreads, thread_name_prefix="taskloom-worker")  # run, plugins
+        self.runner: TaskRunner | None = None  # the task threads (started with the worker)
+        self._mean_duration = 10 * SHORT_TASK  # of recent tasks; no prefetching until measured
         self.server: asyncio.Server | None = None
         self.stream: BatchedSend | None = None
         self.closed = asyncio.Event()
@@ -157,6 +165,15 @@ class Worker:
         self.runtime.worker.memory_monitor = self.memory_monitor  # type: ignore[attr-defined]
         logbuffer.install()  # recent log records, for client.dump_cluster_state
         await self._sync_plugins({})  # installed packages' worker hooks: before the first task
+        slots = self.nanny.slots if self.nanny is not None else None  # for a post-mortem
+        self.runner = TaskRunner(
+            self.nthreads,
+            asyncio.get_running_loop(),
+            self._run_task,
+            self._report,
+            mark=slots.acquire if slots is not None else None,
+            unmark=slots.release if slots is not None else None,
+        )
         comm = await self._register()
         self.stream = BatchedSend(comm)
         self._spawn(self._scheduler_loop(comm))
@@ -271,6 +288,8 @@ class Worker:
     def _teardown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + CLOSE_TIMEOUT
+        if self.runner is not None:
+            self.runner.stop(deadline)
         for thread in list(getattr(self.executor, "_threads", ())):
             thread.join(max(0.0, deadline - time.monotonic()))
         if isinstance(self.data, SpillBuffer):
@@ -387,51 +406,62 @@ class Worker:
     def _do(self, instructions: list[tuple[Any, ...]]) -> None:
         for ins in instructions:
             if ins[0] == "execute":
-                self._spawn(self._execute(ins[1]))
+                self._execute(ins[1])
             elif ins[0] == "fetch":
                 self._spawn(self._fetch(ins[1], ins[2]))
             elif ins[0] == "send" and self.stream is not None:
                 self.stream.send(ins[1])
 
     # -- running tasks ---------------------------------------------------------------------------
-    async def _execute(self, key: Any) -> None:
+    def _execute(self, key: Any) -> None:
         ts = self.state.tasks.get(key)
-        if ts is None:
+        if ts is None or self.runner is None:
             self._do(self.state.executed(key, error=True))
             return
-        loop = asyncio.get_running_loop()
-        epoch = self._epoch
-        slot = self.nanny.slots.acquire(key) if self.nanny is not None else None  # for a post-mortem
-        start = time.time()
-        try:
-            ok, value = await loop.run_in_executor(self.executor, self._run_task, key, ts.spec)
-        finally:
-            if self.nanny is not None:
-                self.nanny.slots.release(slot)
-        stop = time.time()
-        if epoch != self._epoch:  # registered afresh since: this result is nobody's any more
-            return
-        if ok:
-            self._do(self.state.executed(key, value))
-            msg = {"op": "task-finished", "key": key, "nbytes": _nbytes(value), "type": type(value).__name__}
-            msg.update(duration=stop - start, start=start, stop=stop)
-        else:
-            self._do(self.state.executed(key, error=True))
-            exc, tb = value
-            msg = {
-                "op": "task-erred",
-                "key": key,
-                "exception": exc,
-                "traceback": tb,
-                "start": start,
-                "stop": stop,
-            }
-        self.events.append((stop, msg["op"], key))
-        if self.stream is not None:
-            try:
-                self.stream.send(msg)
-            except CommClosedError:
-                pass
+        self.runner.submit(key, ts.spec, self._epoch)
+
+    def _report(self, outcomes: list[Outcome]) -> None:
+        """Tasks the threads finished (on the loop): the state machine is told, then the scheduler."""
+        state, stream, events = self.state, self.stream, self.events
+        mean = self._mean_duration
+        for o in outcomes:
+            if o.epoch != self._epoch:  # registered afresh since: this result is nobody's any more
+                continue
+            if o.ok:
+                value = o.value
+                self._do(state.executed(o.key, value))
+                duration = o.stop - o.start
+                mean = 0.5 * mean + 0.5 * duration
+                msg = {
+                    "op": "task-finished",
+                    "key": o.key,
+                    "nbytes": _nbytes(value),
+                    "type": type(value).__name__,
+                    "duration": duration,
+                    "start": o.start,
+                    "stop": o.stop,
+                }
+            else:
+                self._do(state.executed(o.key, error=True))
+                exc, tb = o.value
+                msg = {
+                    "op": "task-erred",
+                    "key": o.key,
+                    "exception": exc,
+                    "traceback": tb,
+                    "start": o.start,
+                    "stop": o.stop,
+                }
+            events.append((o.stop, msg["op"], o.key))
+            if stream is not None:
+                try:
+                    stream.send(msg)
+                except CommClosedError:
+                    pass
+        self._mean_duration = mean
+        prefetch = PREFETCH_PER_THREAD * self.nthreads if mean < SHORT_TASK else 0
+        if prefetch != state.prefetch:
+            self._do(state.set_prefetch(prefetch))
 
     def _run_task(self, key: Any, spec: Any) -> tuple[bool, Any]:
         """On an executor thread: load the task, run it on the data it needs."""

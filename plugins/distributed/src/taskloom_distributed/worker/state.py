@@ -48,6 +48,9 @@ class WorkerState:
         self.ready: list[tuple[tuple[int, ...], int, Any]] = []  # (priority, arrival, key)
         self._arrivals = itertools.count()
         self.executing: set[Any] = set()
+        # tasks handed to the threads beyond one each (queued behind the running ones): the
+        # worker raises it while tasks are short, so a thread never waits for the loop between two
+        self.prefetch = 0
         self.in_flight: dict[str, set[Any]] = {}  # peer -> keys being fetched from it
 
     def compute_task(self, msg: dict[str, Any]) -> Instructions:
@@ -109,6 +112,11 @@ class WorkerState:
         needed = [ts for ts in self.tasks.values() if ts.state == "fetch" and ts.dependents]
         return self._fetch(needed) + self._schedule()
 
+    def set_prefetch(self, prefetch: int) -> Instructions:
+        """Hand the threads up to ``prefetch`` tasks beyond one each (queued behind the running ones)."""
+        self.prefetch = prefetch
+        return self._schedule()
+
     def acquire_replicas(self, who_has: dict[Any, list[str]]) -> Instructions:
         """Copy results from the peers holding them (a retiring worker's): fetched like inputs, and
         reported with ``add-keys`` once here.  Keys held, coming or being computed here are skipped."""
@@ -156,7 +164,7 @@ class WorkerState:
 
     def _schedule(self) -> Instructions:
         out: Instructions = []
-        while self.ready and len(self.executing) < self.nthreads and not self.paused:
+        while self.ready and len(self.executing) < self.nthreads + self.prefetch and not self.paused:
             _, _, key = heapq.heappop(self.ready)
             ts = self.tasks.get(key)
             if ts is None or ts.state != "ready":
