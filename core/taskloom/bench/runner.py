@@ -14,7 +14,8 @@ that same dict:
 
 With ``--compare dask`` each taskloom scheduler with a Dask counterpart (``sync`` -
 ``dask.local.get_sync``, ``threads`` - ``dask.threaded.get``, ``processes`` -
-``dask.multiprocessing.get``) is measured against it on the same graph, same worker count.
+``dask.multiprocessing.get``, ``distributed`` - ``distributed.Client.get`` on a dask.distributed
+``LocalCluster``) is measured against it on the same graph, same worker count.
 """
 
 from __future__ import annotations
@@ -320,7 +321,35 @@ def _dask_counterparts(
         out["threads"] = ("dask.threaded.get", lambda g, k: dask.threaded.get(g, k, num_workers=workers))
     if "processes" in specs:
         out["processes"] = ("dask.multiprocessing.get", _dask_processes(workers, stack, report))
+    if "distributed" in specs:
+        dist = _dask_distributed(workers, stack, report)
+        if dist is not None:
+            out["distributed"] = ("distributed.Client.get", dist)
     return out
+
+
+def _dask_distributed(workers: int, stack: ExitStack, report: Report) -> Get | None:
+    """``client.get`` of a dask.distributed LocalCluster shaped like taskloom's (``workers`` x 1 thread)."""
+    try:
+        import distributed
+    except ImportError as exc:
+        report.notes.append(f"--compare dask: dask.distributed is not importable ({exc}); not measured")
+        return None
+    cluster = stack.enter_context(
+        distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+    )
+    client = stack.enter_context(distributed.Client(cluster, set_as_default=False))
+    report.notes.append(
+        f"distributed.Client.get runs on a dask.distributed LocalCluster of {workers} worker "
+        "processes x 1 thread, like taskloom's distributed setup"
+    )
+
+    def run(graph: dict[Any, Any], out: Any) -> Any:
+        return client.get(graph, out, sync=True)
+
+    return run
 
 
 def _dask_processes(workers: int, stack: ExitStack, report: Report) -> Get:
