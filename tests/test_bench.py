@@ -19,6 +19,7 @@ DASK_COUNTERPARTS = {
     "sync": "dask.local.get_sync",
     "threads": "dask.threaded.get",
     "processes": "dask.multiprocessing.get",
+    "distributed": "distributed.Client.get",
 }
 
 
