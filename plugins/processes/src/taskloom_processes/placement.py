@@ -1,77 +1,79 @@
-"""Where a ready task should run, and how much work to keep queued per worker (no I/O here).
+"""Where ready tasks should run, and how much work to keep queued per worker (no I/O here).
 
-* Locality first: if the task needs more than ``LOCALITY_BYTES`` of results that live only in
+* Locality first: if a task needs more than ``LOCALITY_BYTES`` of results that live only in
   worker processes, it goes to the worker holding the most of those bytes (moving the task is
   cheaper than moving the data), even if that worker is busy.
-* Otherwise to the least-loaded worker that has room.
+* Otherwise the worker with the most room gets the next batch.
 * Each worker keeps enough tasks queued to hide a message round trip: the queue depth grows as
-  the measured mean task duration shrinks, from 2 (long tasks stay balanced) to ``MAX_DEPTH``
-  (tiny tasks travel in large batches).
+  the measured time per task shrinks, from 1 (long tasks go one at a time to whichever worker
+  is free, so an unevenly loaded machine still balances them) to ``MAX_DEPTH`` (tiny tasks
+  travel in large batches).  Until a duration is measured the depth is 1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 LOCALITY_BYTES = 1 << 20
-MAX_DEPTH = 512
+MAX_DEPTH = 1024
 ROUND_TRIP_SECONDS = 0.004  # the queue should hold at least this much work per worker
 
 
 class Placement:
-    """Per-compute placement state: mean task duration and the depth it implies."""
+    """Per-compute placement state: time per task and the queue depth it implies."""
 
     def __init__(self, nworkers: int) -> None:
         self.nworkers = nworkers
         self.mean_duration: float | None = None
+        self.depth = 1
 
-    def observe(self, duration: float) -> None:
-        """Fold one measured task duration into the running mean."""
+    def observe(self, seconds: float, count: int) -> None:
+        """A worker spent ``seconds`` running ``count`` tasks (and reporting them)."""
+        if count <= 0:
+            return
+        d = seconds / count
         m = self.mean_duration
-        self.mean_duration = duration if m is None else 0.9 * m + 0.1 * duration
+        m = d if m is None else 0.5 * m + 0.5 * d
+        self.mean_duration = m
+        self.depth = min(MAX_DEPTH, 1 + int(ROUND_TRIP_SECONDS / max(m, 1e-7)))
 
-    @property
-    def depth(self) -> int:
-        """How many tasks each worker should have queued or running."""
-        m = self.mean_duration
-        if m is None:
-            return 2
-        return max(2, min(MAX_DEPTH, int(ROUND_TRIP_SECONDS / max(m, 1e-7))))
+    def batch_size(self, load: int, ready: int, free_workers: int) -> int:
+        """How many ready tasks to send now to a worker with ``load`` tasks queued or running.
 
-    def choose(
-        self,
-        deps: Iterable[Any],
-        who_has: Mapping[Any, set[int]],
-        held_bytes: Mapping[Any, int],
-        loads: Sequence[int],
-        last: int = -1,
-    ) -> int | None:
-        """The index of the worker for a task with dependencies ``deps``, or None if all are full.
-
-        ``held_bytes[key]``: size of a result that lives only in worker processes;
-        ``loads[w]``: tasks queued or running on worker ``w``; ``last``: the worker that got the
-        previous task of this round -- consecutive tasks (siblings, in depth-first order) stay
-        together until that worker is half a queue ahead of the least loaded one, so their
-        common dependents can follow them there.
+        At most its room up to ``depth``, and at most its share of the ``ready`` tasks among
+        the ``free_workers`` that have room; nothing while it still has over half a queue
+        (large batches rather than a message per finished task).
         """
-        best, best_bytes = -1, 0
-        scores: dict[int, int] | None = None
-        for dep in deps if held_bytes else ():
-            n = held_bytes.get(dep)
-            if n:
-                if scores is None:
-                    scores = {}
-                for w in who_has.get(dep, ()):
-                    scores[w] = scores.get(w, 0) + n
-        if scores:
-            for w, b in scores.items():
-                if b > best_bytes:
-                    best, best_bytes = w, b
-            if best_bytes >= LOCALITY_BYTES:
-                return best
         depth = self.depth
-        w = min(range(len(loads)), key=loads.__getitem__)
-        if last >= 0 and loads[last] < depth and loads[last] - loads[w] < max(1, depth // 2):
-            return last
-        return w if loads[w] < depth else None
+        room = depth - load
+        if room <= 0 or (depth >= 8 and load > depth // 2):
+            return 0
+        share = -(-ready // max(1, free_workers))
+        return min(room, share)
+
+
+def locality(deps: Iterable[Any], where: Mapping[Any, int], held_bytes: Mapping[Any, int]) -> int | None:
+    """The worker that should run a task needing ``deps`` because it holds its large inputs.
+
+    ``held_bytes[key]``: the size of a result that lives only in worker processes;
+    ``where[key]``: a bit mask of the workers that hold it.  ``None`` when less than
+    ``LOCALITY_BYTES`` would move.
+    """
+    scores: dict[int, int] | None = None
+    for dep in deps:
+        n = held_bytes.get(dep)
+        if n:
+            if scores is None:
+                scores = {}
+            bits = where.get(dep, 0)
+            w = 0
+            while bits:
+                if bits & 1:
+                    scores[w] = scores.get(w, 0) + n
+                bits >>= 1
+                w += 1
+    if not scores:
+        return None
+    best = max(scores, key=scores.__getitem__)
+    return best if scores[best] >= LOCALITY_BYTES else None

@@ -6,6 +6,7 @@ import atexit
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 from collections import deque
 from multiprocessing.connection import Connection, wait
@@ -17,6 +18,7 @@ from .protocol import recv, send
 
 START_TIMEOUT = 60.0
 CLOSE_TIMEOUT = 5.0
+SOCKET_BUFFER_BYTES = 4 << 20  # the kernel caps it (net.core.wmem_max / rmem_max)
 
 
 class WorkerProcess:
@@ -103,6 +105,8 @@ class ProcessPool:
         self._counter += 1
         name = f"taskloom-processes-{self._counter}"
         parent, child = self.context.Pipe(duplex=True)
+        _widen(parent)
+        _widen(child)
         proc = self.context.Process(target=workerproc.main, args=(child, name), name=name, daemon=True)
         proc.start()
         child.close()
@@ -121,6 +125,24 @@ class ProcessPool:
         for w in workers:
             w.proc.join(CLOSE_TIMEOUT)
             w.kill()
+
+
+def _widen(conn: Connection) -> None:
+    """Let the socket under ``conn`` buffer a whole batch, so a send does not wait for the reader.
+
+    A worker's reader thread needs the GIL between reads, which the task it runs holds for up to
+    the switch interval; with the default buffer the scheduler would wait that long per batch.
+    """
+    try:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+    except OSError:  # not a socket (a platform where Pipe makes pipes): leave it as it is
+        return
+    with sock:
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+            except OSError:
+                pass
 
 
 _pools: dict[tuple[int, str], ProcessPool] = {}

@@ -16,15 +16,18 @@ running there and how the process ended (the pool replaces it before the next co
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
+import os
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn
 
 from taskloom import config
 from taskloom.errors import TaskloomError, WorkerPluginError
-from taskloom.graph import Key, to_wire
-from taskloom.local import ExecutionState, TaskEvents, cpu_count, task_events
+from taskloom.graph import Key, _GatherTask, _TupleTask, to_wire
+from taskloom.local import FOLLOW_MAX_DEPS, ExecutionState, TaskEvents, cpu_count, task_events
 from taskloom.order import plan
 from taskloom.serialize import (
     SerializationError,
@@ -36,12 +39,11 @@ from taskloom.serialize import (
 )
 from taskloom.worker import worker_plugins
 
-from .placement import Placement
+from .placement import Placement, locality
 from .pool import ProcessPool, WorkerProcess, get_pool, wait
 from .protocol import Payload, RemoteTraceback, recv, send, unpack_error
 
 _cids = itertools.count(1)
-_FOLLOW_MAX_DEPS = 8
 
 
 class WorkerDiedError(TaskloomError, RuntimeError):
@@ -56,41 +58,67 @@ def get(
     ``num_workers`` falls back to the ``num_workers`` configuration value, then the CPU count;
     the start method is ``processes.context`` (default ``spawn``).
     """
-    p = plan(graph, keys)
     size = int(num_workers or config.get("num_workers", None) or cpu_count())
     pool = get_pool(size, str(config.get("processes.context", "spawn")))
-    with pool.lock:
-        results = _Compute(pool, ExecutionState(p), task_events()).run()
+    with _gc_paused():
+        p = plan(graph, keys)
+        with pool.lock:
+            results = _Compute(pool, ExecutionState(p), task_events()).run()
     return [results[k] for k in keys]
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused while a compute's bookkeeping is built and used.
+
+    A compute allocates a few objects per task and frees few until it ends, so collections
+    meanwhile would rescan the (large, live) graph and plan again and again for nothing.
+    """
+    if not gc.isenabled() or os.environ.get("NOGCPAUSE"):
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 class _Compute:
-    """One compute on a pool: the scheduler side of the protocol."""
+    """One compute on a pool: the scheduler side of the protocol.
+
+    Values live in the engine's ``state.data``: small results as they came back (plain values
+    or :class:`Payload` s), large ones as ``_HELD`` (their sizes in ``held``).  ``where[key]``
+    is a bit mask of the workers that have a value or will have it once their queue gets there;
+    each worker runs its tasks in the order they were sent and reports them in that order, so
+    a report carries values only, matched against the worker's ``inflight`` queue.
+    """
 
     def __init__(self, pool: ProcessPool, state: ExecutionState, events: TaskEvents) -> None:
         self.pool = pool
         self.state = state
         self.events = events
+        self.timed = events.active
         self.cid = next(_cids)
         self.workers = pool.ensure_started()
         self.placement = Placement(len(self.workers))
-        self.who_has: dict[Key, set[int]] = defaultdict(set)
-        # small results (Payload) and literals; a literal a plugin serializer claims goes through it
-        self.cache: dict[Key, Any] = {
-            k: Payload.of(v) if custom_for(v) is not None else v for k, v in state.plan.literals.items()
-        }
+        plan_ = state.plan
+        self.order = plan_.order
+        self.tasks = plan_.tasks
+        data = state.data
+        for k, v in plan_.literals.items():  # a literal a plugin serializer claims goes through it
+            if custom_for(v) is not None:
+                data[k] = Payload.of(v)
+        self.where: dict[Key, int] = {}  # key -> bit mask of the workers that have (or will have) it
         self.held: dict[Key, int] = {}  # sizes of results that live only in workers
-        self.loads = [0] * len(self.workers)
-        self.waiting: dict[Key, list[tuple[int, int]]] = defaultdict(list)  # dep -> (task i, worker)
-        self.missing: dict[int, int] = {}  # task i -> number of deps still in transfer
         self.fetching: set[Key] = set()
+        self.deferred: dict[Key, list[list[Any]]] = defaultdict(list)  # key fetched -> [[widx, items, n]]
         self.outputs: dict[Key, Any] = {}
-        self.outputs_wanted = set(state.plan.outputs)
-        self.index = {k: i for i, k in enumerate(state.plan.order)}
-        self.assigned: dict[Key, int] = {}  # key -> worker, for tasks sent and not yet finished
-        self.pending_release: dict[int, list[Key]] = defaultdict(list)
-        self.func_blobs: dict[int, bytes] = {}
-        self.func_refs: list[Any] = []
+        self.outputs_wanted = set(plan_.outputs)
+        self.pending_release: list[list[Key]] = [[] for _ in self.workers]
+        self.tokens: dict[int, int] = {}  # id(func) -> token, for this compute
+        self.func_blobs: list[bytes] = []  # by token
+        self.func_refs: list[Any] = []  # keeps id(func) unique for this compute
         for w in self.workers:
             w.funcs_sent = set()  # each worker forgets its functions when a compute ends
         state.released = []
@@ -156,12 +184,13 @@ class _Compute:
         reason = w.exit_reason()
         w.kill()
         if w.inflight:
-            key = w.inflight[0]
+            key = self.order[w.inflight[0]]
             raise WorkerDiedError(
                 f"worker process {w.name} (pid {w.pid}) {reason} while running task {key!r}; "
                 "the pool starts a replacement for the next compute"
             )
-        lost = [k for k, ws in self.who_has.items() if self.workers.index(w) in ws and k not in self.cache]
+        bit = 1 << self.workers.index(w)
+        lost = [k for k in self.held if self.where.get(k, 0) & bit]
         raise WorkerDiedError(
             f"worker process {w.name} (pid {w.pid}) {reason} holding results this compute needs "
             f"({', '.join(repr(k) for k in lost[:5])}); the pool starts a replacement for the next compute"
@@ -172,9 +201,8 @@ class _Compute:
         kind, cid, body = msg
         if cid != self.cid:
             return  # a late message from a cancelled compute
-        widx = self.workers.index(w)
         if kind == "done":
-            self._finished(widx, w, body)
+            self._finished(w, body)
         elif kind == "data":
             for key, payload, problem in body:
                 if payload is None:
@@ -184,45 +212,54 @@ class _Compute:
             raise _plugin_error(body, w)
         elif kind == "undecodable":
             _, type_name, message, _text = body
-            keys = ", ".join(repr(k) for k in list(w.inflight)[:5])
+            keys = ", ".join(repr(self.order[i]) for i in list(w.inflight)[:5])
             raise SerializationError(
                 f"worker process {w.name} could not load the tasks sent to it ({keys}): "
                 f"{type_name}: {message}"
             )
 
-    def _finished(self, widx: int, w: WorkerProcess, results: list[tuple[Any, ...]]) -> None:
-        """A batch of completions from worker ``widx``: record, release, report."""
+    def _finished(self, w: WorkerProcess, body: tuple[list[Any], list[Any], float, Any]) -> None:
+        """A report from worker ``w``: the next ``len(values)`` tasks of its queue have finished."""
+        values, specials, seconds, times = body
+        self.placement.observe(seconds, len(values))
         inflight = w.inflight
-        ev = self.events
-        observed = ev.active
         state = self.state
-        index, assigned, cache, held, who_has = self.index, self.assigned, self.cache, self.held, self.who_has
-        placement = self.placement
+        finish = state.finish
+        if specials or times is not None:
+            self._finished_slow(w, values, specials, times)
+        else:
+            for value in values:
+                finish(inflight.popleft(), value)
         released = state.released
-        self.loads[widx] -= len(results)
-        for key, status, data, t0, t1 in results:
-            if inflight[0] == key:
-                inflight.popleft()
-            else:
-                inflight.remove(key)
+        if released:
+            self._release(released)
+            released.clear()
+
+    def _finished_slow(
+        self, w: WorkerProcess, values: list[Any], specials: list[tuple[int, str, Any]], times: Any
+    ) -> None:
+        """Reports with large, serialized or failed results, or per-task times for diagnostics."""
+        inflight = w.inflight
+        order, finish, held = self.order, self.state.finish, self.held
+        ev = self.events
+        special = {pos: (status, data) for pos, status, data in specials}
+        for pos, value in enumerate(values):
+            i = inflight[0]
+            key = order[i]
+            duration = times[pos][1] - times[pos][0] if times is not None else 0.0
+            status, data = special.get(pos, _VALUE)
             if status == "error" or status == "unpicklable":
-                self._failed(w, key, status, data, t1 - t0)
-            if observed:
+                self._failed(w, key, status, data, duration)
+            if status == "held":
+                held[key] = data
+            inflight.popleft()
+            if times is not None:
                 if ev.start is not None:
                     ev.start(key=key, worker=w.name)
                 if ev.finish is not None:
-                    ev.finish(key=key, worker=w.name, duration=t1 - t0, error=None)
-            placement.observe(t1 - t0)
-            del assigned[key]
-            who_has[key].add(widx)
-            if status == "held":
-                held[key] = data
-            else:  # "value" (plain, as is) or "inline" (a Payload)
-                cache[key] = data
-            state.finish(index[key], None)
-            if released:
-                self._release(released)
-                released.clear()
+                    nbytes = _nbytes(ev, status, value if status == "value" else data)
+                    ev.finish(key=key, worker=w.name, duration=duration, error=None, nbytes=nbytes)
+            finish(i, _HELD if status == "held" else value if status == "value" else data)
 
     def _failed(self, w: WorkerProcess, key: Key, status: str, data: Any, duration: float) -> NoReturn:
         ev = self.events
@@ -235,146 +272,207 @@ class _Compute:
         else:
             exc = unpack_error(data, key, w.name)
         if ev.finish is not None:
-            ev.finish(key=key, worker=w.name, duration=duration, error=exc)
+            ev.finish(key=key, worker=w.name, duration=duration, error=exc, nbytes=None)
         raise exc
 
     def _release(self, keys: list[Key]) -> None:
-        """Drop finished intermediates here; workers are told in one message before the next wait."""
+        """The engine dropped these finished intermediates; the workers that have them will too.
+
+        Workers are told with their next batch, or in one message before the next wait.
+        """
+        pop = self.where.pop
         pending = self.pending_release
+        held = self.held
         for k in keys:
-            self.cache.pop(k, None)
-            self.held.pop(k, None)
-            for widx in self.who_has.pop(k, ()):
-                pending[widx].append(k)
+            bits = pop(k, 0)
+            if held:
+                held.pop(k, None)
+            if bits == 1:
+                pending[0].append(k)
+            elif bits == 2:
+                pending[1].append(k)
+            else:
+                widx = 0
+                while bits:
+                    if bits & 1:
+                        pending[widx].append(k)
+                    bits >>= 1
+                    widx += 1
 
     def _flush_releases(self) -> None:
-        for widx, ks in self.pending_release.items():
-            w = self.workers[widx]
-            if w.alive and ks:
-                send(w.conn, "release", self.cid, ks)
-        self.pending_release.clear()
+        for widx, ks in enumerate(self.pending_release):
+            if ks:
+                w = self.workers[widx]
+                if w.alive:
+                    send(w.conn, "release", self.cid, ks)
+                self.pending_release[widx] = []
 
     def _arrived(self, key: Key, payload: Payload) -> None:
+        """A large value fetched from its worker: kept here, sent on with the tasks that wait for it."""
         self.fetching.discard(key)
-        self.cache[key] = payload
-        if key in self.outputs_wanted:
-            self.outputs[key] = payload.load()
-        batches: dict[int, list[int]] = defaultdict(list)
-        for i, widx in self.waiting.pop(key, ()):
-            self.missing[i] -= 1
-            if not self.missing[i]:
-                del self.missing[i]
-                batches[widx].append(i)
-        for widx, items in batches.items():
-            self._send_batch(widx, items)
+        self.held.pop(key, None)
+        self.state.data[key] = payload
+        for entry in self.deferred.pop(key, ()):
+            entry[2] -= 1
+            if not entry[2]:
+                self._send(entry[0], entry[1])
 
     # -- sending work ------------------------------------------------------------------------
     def _dispatch(self) -> None:
+        """Hand ready tasks out in batches, each with the dependents that can follow it there."""
         state = self.state
-        plan_ = state.plan
-        batches: dict[int, list[int]] = defaultdict(list)
-        last = -1
-        while state.ready and state.error is None:
-            i = state.ready[0]
-            key = plan_.order[i]
-            deps = plan_.tasks[key].dependencies
-            widx = self.placement.choose(deps, self.who_has, self.held, self.loads, last)
-            if widx is None:
+        ready = state.ready
+        if not ready or state.error is not None:
+            return
+        workers = self.workers
+        loads = [len(w.inflight) for w in workers]
+        depth = self.placement.depth
+        if self.held:
+            self._dispatch_by_locality(loads, depth)
+            return
+        by_load = sorted(range(len(workers)), key=loads.__getitem__)
+        candidates = [k for k in by_load if _wants(loads[k], depth)]
+        if not candidates:
+            return
+        share = -(-len(ready) // len(candidates))  # the ready tasks split evenly
+        for widx in candidates:
+            room = depth - loads[widx]
+            picked = [i for i, _, _ in state.pop_batch(min(room, share), 0)]
+            if not picked:
                 break
-            state.pop()
-            last = widx
-            self._assign(widx, i, key)
-            missing = [
-                d for d in deps if d in self.held and d not in self.cache and widx not in self.who_has[d]
-            ]
-            if missing:
-                self.missing[i] = len(missing)
-                for d in missing:
-                    self.waiting[d].append((i, widx))
-                    self._fetch(d)
-            else:
-                batches[widx].append(i)
-                self._follow(widx, i, batches[widx])
-        for widx, items in batches.items():
-            self._send_batch(widx, items)
+            batch = self._with_followers(picked, room)
+            loads[widx] += len(batch)
+            self._send(widx, batch)
 
-    def _assign(self, widx: int, i: int, key: Key) -> None:
-        self.loads[widx] += 1
-        self.assigned[key] = widx
-
-    def _follow(self, widx: int, i: int, batch: list[int]) -> None:
-        """Queue behind task ``i`` the dependents that can only follow it on the same worker.
-
-        A dependent whose every dependency is finished here (or small, cached) or queued on
-        ``widx`` ahead of it is claimed and sent along: the worker runs its queue in order, so a
-        chain or a subtree runs without a round trip per task.
-        """
+    def _dispatch_by_locality(self, loads: list[int], depth: int) -> None:
+        """While large results live in workers: each ready task, in priority order, goes to the
+        worker that holds its large inputs (busy or not), else to the least loaded one."""
         state = self.state
-        order, tasks = state.plan.order, state.plan.tasks
-        waiting, claimed, dependents = state.waiting, state.claimed, state.dependents
-        assigned, who_has, cache = self.assigned, self.who_has, self.cache
-        loads = self.loads
-        limit = 2 * self.placement.depth
-        stack = [i]
+        ready, order, tasks = state.ready, self.order, self.tasks
+        where, held = self.where, self.held
+        batches: dict[int, list[int]] = defaultdict(list)
+        while ready and state.error is None:
+            i = ready[0]
+            target = locality(tasks[order[i]].dependencies, where, held)
+            if target is None:
+                target = min(range(len(loads)), key=loads.__getitem__)
+                if loads[target] >= depth:
+                    break
+            state.pop()
+            batch = self._with_followers([i], depth - loads[target] - 1)
+            loads[target] += len(batch)
+            batches[target].extend(batch)
+        for widx, items in batches.items():
+            self._send(widx, items)
+
+    def _with_followers(self, picked: list[int], limit: int) -> list[int]:
+        """``picked`` (popped, in priority order) and up to ``limit`` dependents claimed to follow them.
+
+        A dependent follows when every one of its unfinished dependencies is in the batch (and it
+        has at most ``FOLLOW_MAX_DEPS`` of them; a reduction over many waits its turn): the
+        worker runs the batch in priority order, so a chain or a subtree runs without a round
+        trip per task, in the depth-first order the sync scheduler follows.  Counted with
+        integers only -- each dependency edge is looked at once, no key is hashed.
+        """
+        if limit <= 0:
+            return picked
+        state = self.state
+        waiting, dependents, claimed, claim = state.waiting, state.dependents, state.claimed, state.claim
+        hits: dict[int, int] = {}
+        followers: list[int] = []
+        stack = list(picked)
         while stack:
             for j in dependents[stack.pop()]:
-                n = waiting[j]
-                if n == 0 or n > _FOLLOW_MAX_DEPS or j in claimed:
-                    continue  # ready already, or a many-input task (a reduction) that waits its turn
-                if loads[widx] >= limit:
-                    return
-                key = order[j]
-                for d in tasks[key].dependencies:
-                    if assigned.get(d) != widx and d not in cache and widx not in who_has.get(d, ()):
-                        break
-                else:
-                    state.claim(j)
-                    loads[widx] += 1
-                    assigned[key] = widx
-                    batch.append(j)
-                    stack.append(j)
+                w = waiting[j]
+                if w > FOLLOW_MAX_DEPS or j in claimed:
+                    continue
+                h = hits.get(j, 0) + 1
+                if h < w:
+                    hits[j] = h
+                    continue
+                claim(j)
+                followers.append(j)
+                stack.append(j)
+                limit -= 1
+                if not limit:
+                    stack.clear()
+                    break
+        if not followers:
+            return picked
+        batch = picked + followers
+        batch.sort()
+        return batch
 
-    def _fetch(self, key: Key) -> None:
-        if key in self.fetching:
+    def _send(self, widx: int, items: list[int]) -> None:
+        """Send ``items`` to worker ``widx`` with the inputs it lacks; what needs a fetch waits for it."""
+        if not items:
             return
-        self.fetching.add(key)
-        holder = next(iter(self.who_has[key]))
-        send(self.workers[holder].conn, "fetch", self.cid, [key])
-
-    def _send_batch(self, widx: int, items: list[int]) -> None:
-        plan_ = self.state.plan
         w = self.workers[widx]
-        funcs = []
-        tasks = []
-        inputs = []
-        sent: set[Key] = set()
-        assigned = self.assigned
-        for i in items:
-            key = plan_.order[i]
-            task = plan_.tasks[key]
-            for d in task.dependencies:
-                if d not in sent and assigned.get(d) != widx and widx not in self.who_has.get(d, ()):
-                    inputs.append((d, self.cache[d]))
-                    sent.add(d)
-            token = id(task.func)
-            if token not in w.funcs_sent:
-                funcs.append((token, self._pickled_func(key, task.func)))
-                w.funcs_sent.add(token)
-            tasks.append((key, token, *to_wire(task)))
-            w.inflight.append(key)
+        bit = 1 << widx
+        where, data, order, tasks = self.where, self.state.data, self.order, self.tasks
+        sent = w.funcs_sent
+        funcs: list[tuple[int, bytes]] = []
+        wire: list[tuple[Any, ...]] = []
+        inputs: list[tuple[Key, Any]] = []
+        last_func: Any = None
+        token = -1
+        for pos, i in enumerate(items):
+            key = order[i]
+            task = tasks[key]
+            deps = task.dependencies
+            for d in deps:
+                has = where.get(d, 0)
+                if not has & bit:
+                    value = data[d]
+                    if value is _HELD:
+                        self._defer(widx, items[pos:], deps, bit)
+                        items = items[:pos]
+                        break
+                    inputs.append((d, value))
+                    where[d] = has | bit
+            else:
+                func = task.func
+                if func is not last_func:
+                    token = self._token(key, func)
+                    last_func = func
+                    if token not in sent:
+                        funcs.append((token, self.func_blobs[token]))
+                        sent.add(token)
+                if type(task) is _TupleTask:  # a classic tuple: no kwargs, keys in args where refs say
+                    wire.append((key, token, task.args, task._refs, None))
+                elif type(task) is _GatherTask:  # the same, plus flat lists of keys: no Ref per element
+                    wire.append((key, token, task.args, task._refs, task._lists))
+                else:
+                    args, kwargs, refs = to_wire(task)
+                    wire.append((key, token, args, refs, kwargs))
+                where[key] = bit  # sent once: no worker has it yet
+                continue
+            break
+        if not wire:
+            return
+        w.inflight.extend(items)
+        releases = self.pending_release[widx]
+        self.pending_release[widx] = []
         try:
-            send(w.conn, "run", self.cid, (funcs, tasks, inputs))
+            send(w.conn, "run", self.cid, (funcs, wire, inputs, releases, self.timed))
         except OSError:
             self._died(w)
         except Exception as exc:
-            raise _unpicklable([(k, plan_.tasks[k]) for k, *_ in tasks], inputs, exc) from None
-        for d in sent:
-            self.who_has[d].add(widx)
+            raise _unpicklable([(order[i], tasks[order[i]]) for i in items], inputs, exc) from None
 
-    def _pickled_func(self, key: Key, func: Any) -> bytes:
-        """``func`` pickled by value where needed (``__main__``, lambdas), once per compute."""
-        blob = self.func_blobs.get(id(func))
-        if blob is None:
+    def _defer(self, widx: int, items: list[int], deps: Any, bit: int) -> None:
+        """Hold ``items`` back until the large inputs of the first one, held elsewhere, arrive here."""
+        data, where = self.state.data, self.where
+        missing = [d for d in deps if data.get(d) is _HELD and not where.get(d, 0) & bit]
+        entry: list[Any] = [widx, items, len(missing)]
+        for d in missing:
+            self.deferred[d].append(entry)
+            self._fetch(d)
+
+    def _token(self, key: Key, func: Any) -> int:
+        """The number standing for ``func`` in this compute's messages; pickled once, by value if needed."""
+        token = self.tokens.get(id(func))
+        if token is None:
             import cloudpickle
 
             try:
@@ -384,24 +482,40 @@ class _Compute:
                     f"task {key!r} cannot be sent to a worker process: its function is "
                     f"{describe(func)}, which cannot be pickled ({type(exc).__name__}: {exc})"
                 ) from None
-            self.func_blobs[id(func)] = blob
-            self.func_refs.append(func)  # keeps id(func) unique for this compute
-        return blob
+            token = self.tokens[id(func)] = len(self.func_blobs)
+            self.func_blobs.append(blob)
+            self.func_refs.append(func)
+        return token
+
+    def _fetch(self, key: Key) -> None:
+        if key in self.fetching:
+            return
+        self.fetching.add(key)
+        bits = self.where[key]
+        holder = (bits & -bits).bit_length() - 1
+        send(self.workers[holder].conn, "fetch", self.cid, [key])
 
     # -- outputs -----------------------------------------------------------------------------
     def _outputs_ready(self) -> bool:
-        for key in self.state.plan.outputs:
+        data = self.state.data
+        for key in self.outputs_wanted:
             if key in self.outputs:
                 continue
-            value = self.cache.get(key, _MISSING)
-            if value is not _MISSING:
-                self.outputs[key] = value.load() if type(value) is Payload else value
-            else:
+            value = data[key]
+            if value is _HELD:
                 self._fetch(key)
+            else:
+                self.outputs[key] = value.load() if type(value) is Payload else value
         return len(self.outputs) == len(self.outputs_wanted)
 
 
-_MISSING: Any = object()
+def _wants(load: int, depth: int) -> bool:
+    """Whether a worker with ``load`` tasks queued should get more now (large batches, not many small)."""
+    return load < depth and (depth < 8 or load <= depth // 2)
+
+
+_HELD: Any = object()  # the value of a large result that stays in the worker that made it
+_VALUE = ("value", None)  # the status of a plain result, which travels as itself
 
 
 def _plugin_error(packed: Any, w: WorkerProcess) -> BaseException:
@@ -440,3 +554,14 @@ def _unpicklable(tasks: list[tuple[Key, Any]], inputs: list[tuple[Key, Any]], ex
 
 
 __all__ = ["RemoteTraceback", "WorkerDiedError", "get"]
+
+
+def _nbytes(events: TaskEvents, status: str, data: Any) -> int | None:
+    """The result size for the diagnostics hooks: measured here, or as the worker reported it."""
+    if not events.sizes:
+        return None
+    if status == "held":
+        return int(data)  # the worker keeps the result and sent its pickled size
+    if status == "inline":
+        return int(data.nbytes)  # a Payload: the pickled frames
+    return events.nbytes(data)

@@ -19,7 +19,9 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from taskloom.graph import from_wire
 from taskloom.plugins import hookimpl
+from taskloom.serialize import SerializationError, describe
 
 from .protocol import Payload, decode, pack_error, recv_raw, send
 
@@ -43,8 +45,6 @@ def main(conn: Connection, name: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the scheduler handles Ctrl-C and stops us
     from taskloom import config
     from taskloom.errors import WorkerPluginError
-    from taskloom.graph import from_wire
-    from taskloom.serialize import SerializationError, describe
     from taskloom.worker import Worker, WorkerRuntime
 
     config.set(scheduler="sync")  # a compute inside a task runs inline: one process, one core
@@ -86,17 +86,18 @@ def main(conn: Connection, name: str) -> None:
             if plugin_error is not None:
                 send(conn, "plugin-error", cid, plugin_error)
                 continue
-            new_funcs, wire_tasks, inputs = body
+            new_funcs, tasks, inputs, releases, timed = body
+            for key in releases:
+                store.pop(key, None)
             try:  # e.g. a function from a module this process cannot import
                 for token, blob in new_funcs:
                     funcs[token] = pickle.loads(blob)
                 for key, value in inputs:
                     store[key] = value.load() if type(value) is Payload else value
-                tasks = [(key, from_wire(funcs[tok], *parts)) for key, tok, *parts in wire_tasks]
             except BaseException as exc:
                 send(conn, "undecodable", cid, pack_error(exc))
                 continue
-            _run_batch(conn, cid, tasks, store, runtime, cancelled, describe, SerializationError)
+            _run_batch(conn, cid, tasks, funcs, store, runtime, cancelled, timed)
         elif kind == "fetch":
             out: list[tuple[Any, Payload | None, str | None]] = []
             for key in body:
@@ -145,50 +146,97 @@ def _use_serializers(serializers: list[Any]) -> None:
 
 
 def _run_batch(
-    conn: Connection, cid: int, tasks: list[Any], store: dict[Any, Any], runtime: Any,
-    cancelled: list[int], describe: Any, serialization_error: type[Exception],
+    conn: Connection, cid: int, tasks: list[Any], funcs: dict[int, Any], store: dict[Any, Any],
+    runtime: Any, cancelled: list[int], timed: bool,
 ) -> None:  # fmt: skip
+    """Run ``tasks`` in order; report them in ``done`` messages of at most ``FLUSH_SECONDS`` of work.
+
+    A ``done`` body is ``(values, specials, seconds, times)``: ``values`` has one entry per task
+    run, in order -- the result itself when it is a plain scalar or a short string, else a
+    placeholder; ``specials`` lists ``(position, status, data)`` for the others: ``inline`` (a
+    :class:`Payload`), ``held`` (its size; the value stays here), ``error`` (the packed
+    exception; the batch stops there) or ``unpicklable``.  ``seconds`` is the time spent since
+    the previous report; ``times`` holds each task's ``(start, end)`` when ``timed``.
+    """
     transitions = runtime.observes_transitions
-    results: list[Any] = []
-    clock = time.time
+    values: list[Any] = []
+    specials: list[tuple[int, str, Any]] = []
+    times: list[tuple[float, float]] | None = [] if timed else None
+    clock = time.perf_counter
+    plain = _PLAIN
     last_flush = clock()
-    for key, task in tasks:
+    for key, token, args, refs, extra in tasks:
         if cancelled[0] >= cid:
             return
         if transitions:
             runtime.transition(key, "ready", "executing")
-        t0 = clock()
+        t0 = clock() if timed else 0.0
         try:
-            value = task(store)
+            func = funcs[token]
+            if extra is None:  # a classic tuple task: keys in args at the positions in refs
+                if refs:
+                    call = list(args)
+                    for pos, dep in refs:
+                        call[pos] = store[dep]
+                    value = func(*call)
+                else:
+                    value = func(*args)
+            elif type(extra) is dict:  # a Task: extra is its kwargs
+                if refs is None:  # references nested in containers: the general task
+                    value = from_wire(func, args, extra, refs)(store)
+                else:
+                    call = list(args)
+                    for pos, dep in refs:
+                        call[pos] = store[dep]
+                    value = func(*call, **extra)
+            else:  # a classic tuple with flat lists of keys: extra holds (position, keys)
+                call = list(args)
+                for pos, dep in refs:
+                    call[pos] = store[dep]
+                for pos, deps in extra:
+                    call[pos] = [store[d] for d in deps]
+                value = func(*call)
         except BaseException as exc:
-            t1 = clock()
             if transitions:
                 runtime.transition(key, "executing", "error")
-            results.append((key, "error", pack_error(exc), t0, t1))
+            specials.append((len(values), "error", pack_error(exc)))
+            values.append(None)
+            if times is not None:
+                times.append((t0, clock()))
             break
         t1 = clock()
+        if times is not None:
+            times.append((t0, t1))
         store[key] = value
         if transitions:
             runtime.transition(key, "executing", "memory")
         t = type(value)
-        hint = None if t in _PLAIN or t is str else _size_hint(value)
-        if t in _PLAIN or (t is str and len(value) < INLINE_BYTES):
-            results.append((key, "value", value, t0, t1))  # travels in the message itself
-        elif hint is not None and hint > INLINE_BYTES:
-            results.append((key, "held", hint, t0, t1))
+        if t in plain or (t is str and len(value) < INLINE_BYTES):
+            values.append(value)  # travels in the message itself
         else:
-            try:
-                payload = Payload.of(value)
-            except serialization_error as exc:
-                results.append((key, "unpicklable", f"{describe(value)}: {exc.__cause__ or exc}", t0, t1))
+            status, data = _pack_result(value)
+            specials.append((len(values), status, data))
+            values.append(None)
+            if status == "unpicklable":
                 break
-            if payload.nbytes > INLINE_BYTES:
-                results.append((key, "held", payload.nbytes, t0, t1))
-            else:
-                results.append((key, "inline", payload, t0, t1))
         if t1 - last_flush > FLUSH_SECONDS:
-            send(conn, "done", cid, results)
-            results = []
+            send(conn, "done", cid, (values, specials, t1 - last_flush, times))
+            values, specials = [], []
+            times = [] if timed else None
             last_flush = t1
-    if results:
-        send(conn, "done", cid, results)
+    if values:
+        send(conn, "done", cid, (values, specials, clock() - last_flush, times))
+
+
+def _pack_result(value: Any) -> tuple[str, Any]:
+    """A result that is not a plain scalar: ``("held", size)``, ``("inline", payload)`` or unpicklable."""
+    hint = _size_hint(value)
+    if hint is not None and hint > INLINE_BYTES:
+        return "held", hint
+    try:
+        payload = Payload.of(value)
+    except SerializationError as exc:
+        return "unpicklable", f"{describe(value)}: {exc.__cause__ or exc}"
+    if payload.nbytes > INLINE_BYTES:
+        return "held", payload.nbytes
+    return "inline", payload
