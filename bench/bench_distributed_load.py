@@ -31,28 +31,9 @@ import time
 from typing import Any
 
 import psutil
+from taskloom.bench.workloads import neighbour_sums
 
-
-def inc(x: int) -> int:
-    return x + 1
-
-
-def add(x: int, y: int) -> int:
-    return x + y
-
-
-def total(xs: list[int]) -> int:
-    return sum(xs)
-
-
-def graph(width: int) -> tuple[dict[Any, Any], int]:
-    from taskloom import Ref, Task
-
-    g: dict[Any, Any] = {("x", i): Task(inc, i) for i in range(width)}
-    for i in range(width):
-        g["y", i] = Task(add, Ref(("x", i)), Ref(("x", (i + 1) % width)))
-    g["total"] = Task(total, [Ref(("y", i)) for i in range(width)])
-    return g, 2 * sum(range(1, width + 1))
+graph = neighbour_sums
 
 
 def _start_tracing() -> None:

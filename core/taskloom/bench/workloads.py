@@ -65,6 +65,18 @@ def random_dag(n: int = 10_000, seed: int = 42, max_deps: int = 3, window: int =
     return graph, "dag-sink"
 
 
+def neighbour_sums(width: int) -> tuple[Graph, int]:
+    """``2 * width + 1`` tasks in the ``Task``/``Ref`` spec: ``width`` leaves, the sum of each leaf
+    and its neighbour, one total over those sums; and the total's value."""
+    from ..graph import Ref, Task
+
+    graph: Graph = {("x", i): Task(inc, i) for i in range(width)}
+    for i in range(width):
+        graph["y", i] = Task(add, Ref(("x", i)), Ref(("x", (i + 1) % width)))
+    graph["total"] = Task(total, [Ref(("y", i)) for i in range(width)])
+    return graph, 2 * sum(range(1, width + 1))
+
+
 def independent_tree(n: int = 1_000_000, fan_in: int = 100) -> tuple[Graph, Any]:
     """``n`` independent ``inc`` tasks summed by a tree of partial sums (no task has over ``fan_in`` deps)."""
     graph: Graph = {("inc", i): (inc, i) for i in range(n)}

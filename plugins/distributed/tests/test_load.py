@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
-from taskloom import Ref, Task
+from taskloom.bench.workloads import inc, neighbour_sums, total
 from taskloom.testing import wait_until
 from taskloom_distributed import Client
 
@@ -26,25 +26,7 @@ pytestmark = pytest.mark.timeout(180)
 TOKEN = "load-test-token"
 
 
-def inc(x: int) -> int:
-    return x + 1
-
-
-def add(x: int, y: int) -> int:
-    return x + y
-
-
-def total(xs: list[int]) -> int:
-    return sum(xs)
-
-
-def graph(width: int) -> tuple[dict[Any, Any], int]:
-    """``2 * width + 1`` tasks: leaves, pairwise sums of neighbours, one total; and its answer."""
-    g: dict[Any, Any] = {("x", i): Task(inc, i) for i in range(width)}
-    for i in range(width):
-        g["y", i] = Task(add, Ref(("x", i)), Ref(("x", (i + 1) % width)))
-    g["total"] = Task(total, [Ref(("y", i)) for i in range(width)])
-    return g, 2 * sum(range(1, width + 1))
+graph = neighbour_sums
 
 
 class Sampler:

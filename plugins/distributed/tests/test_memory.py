@@ -17,6 +17,7 @@ import psutil
 import pytest
 import taskloom
 from taskloom.errors import ConfigError
+from taskloom.testing import wait_until as wait_for
 from taskloom_distributed import Client
 from taskloom_distributed.scheduler.state import SchedulerState
 from taskloom_distributed.worker.memory import (
@@ -35,18 +36,6 @@ from taskloom_distributed.worker.state import WorkerState
 pytestmark = pytest.mark.timeout(120)
 
 MB = 1_000_000
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 # -- the policy, without sockets -----------------------------------------------------------------
