@@ -34,12 +34,15 @@ from .fixtures import (  # noqa: E402
     taskloom_scheduler_names,
 )
 from .polling import wait_until  # noqa: E402
+from .processes import live_processes, wait_gone  # noqa: E402
 
 __all__ = [
     "SchedulerConformance",
     "clean_config",
+    "live_processes",
     "no_leaked_threads",
     "registered_plugin",
     "taskloom_scheduler_names",
+    "wait_gone",
     "wait_until",
 ]

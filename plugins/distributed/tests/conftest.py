@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 import pytest
+from taskloom.testing import wait_gone
 from taskloom_distributed import Client
 
 
@@ -96,12 +97,6 @@ class CLIProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         return self.proc.returncode
-
-
-def wait_gone(procs: list[psutil.Process], timeout: float = 30) -> list[psutil.Process]:
-    """Wait up to ``timeout`` s for ``procs`` to end; return those still running (zombies count as gone)."""
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
 @contextlib.contextmanager

@@ -9,9 +9,9 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-import psutil
 import pytest
 import taskloom
+from taskloom.testing import wait_gone
 from taskloom_distributed import Client
 from taskloom_distributed.comm import HandshakeError
 
@@ -26,11 +26,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_gone(procs: list[psutil.Process], timeout: float = 30) -> list[psutil.Process]:
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
 def test_a_cluster_of_separate_processes_computes_and_leaves_nothing_behind(cli: Any) -> None:

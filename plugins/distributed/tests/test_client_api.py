@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import taskloom
 from taskloom.serialize import SerializationError
-from taskloom.testing import wait_until
+from taskloom.testing import live_processes, wait_gone, wait_until
 from taskloom_distributed import (
     FIRST_COMPLETED,
     FIRST_EXCEPTION,
@@ -427,8 +426,7 @@ def test_asynchronous_client_starts_its_own_cluster_without_blocking_the_loop() 
     ticks, pids, c = asyncio.run(main())
     assert ticks > 2, "the event loop was blocked while the cluster started"
     assert c.status == "closed"
-    _, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=20)
-    assert not alive
+    assert not wait_gone(live_processes(pids), 20)
 
 
 # -- retries --------------------------------------------------------------------------------------------
@@ -491,8 +489,8 @@ def test_with_client_closes_everything(gates: Any) -> None:
     with pytest.raises(CancelledError):
         pending.result()
     assert taskloom.config.get("scheduler") is not c
-    _, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=20)
-    assert not alive, f"worker processes outlived the client: {alive}"
+    left = wait_gone(live_processes(pids), 20)
+    assert not left, f"worker processes outlived the client: {left}"
     assert set(_client_threads()) <= before, "client threads outlived the client"
     with pytest.raises(taskloom.errors.TaskloomError, match="closed"):
         c.submit(inc, 1)

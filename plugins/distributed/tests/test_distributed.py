@@ -8,10 +8,9 @@ import subprocess
 import sys
 import textwrap
 
-import psutil
 import pytest
 import taskloom
-from taskloom.testing import SchedulerConformance
+from taskloom.testing import SchedulerConformance, live_processes, wait_gone
 from taskloom_distributed import Client, LocalCluster
 from taskloom_distributed.comm import HandshakeError, connect, connect_handshake
 
@@ -120,11 +119,10 @@ def test_no_worker_process_outlives_a_killed_client_process(tmp_path: object) ->
     )
     assert proc.stdout is not None
     pids = [int(p) for p in proc.stdout.readline().split()]
-    workers = [psutil.Process(p) for p in pids]
+    workers = live_processes(pids)
     proc.kill()
     proc.wait(10)
-    _, alive = psutil.wait_procs(workers, timeout=20)
-    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    alive = wait_gone(workers, 20)
     assert not alive, f"worker processes survived their client: {alive}"
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from taskloom.testing import live_processes, wait_gone
 from taskloom_distributed import Client
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,18 +35,6 @@ def _descendants(proc: psutil.Process) -> list[psutil.Process]:
         except psutil.Error:
             pass
     return out
-
-
-def _still_running(procs: list[psutil.Process], timeout: float = 30) -> list[psutil.Process]:
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    running = []
-    for p in alive:
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE:
-                running.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return running
 
 
 def _script(tmp_path: Path, body: str) -> Path:
@@ -94,7 +83,7 @@ def test_close_leaves_no_worker_process() -> None:
         assert {p.pid for p in started} >= set(client.cluster.worker_pids)
     finally:
         client.close()
-    assert not _still_running(started), "worker processes outlived client.close()"
+    assert not wait_gone(started), "worker processes outlived client.close()"
 
 
 EXITS_WITHOUT_CLOSING = """
@@ -115,13 +104,13 @@ def test_no_process_outlives_an_interpreter_that_exits_without_closing(tmp_path:
     proc = _start(script, directory=tmp_path)
     try:
         pids = [int(p) for p in _read_line(proc).split()]
-        family = [psutil.Process(p) for p in pids]
+        family = live_processes(pids)
         assert proc.wait(60) == 0, (tmp_path / "stderr.txt").read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    assert not _still_running(family), "processes outlived the interpreter that started them"
+    assert not wait_gone(family), "processes outlived the interpreter that started them"
 
 
 KILLED_WHILE_A_TASK_RUNS = """
@@ -153,11 +142,11 @@ def test_no_process_outlives_a_killed_client_even_with_a_task_running(tmp_path: 
         pids = [int(p) for p in _read_line(proc).split()]
         assert flag.exists(), "the task never started"
         assert int(flag.read_text()) in pids
-        family = [psutil.Process(p) for p in pids]
+        family = live_processes(pids)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-    assert not _still_running(family), "worker processes outlived the killed client"
+    assert not wait_gone(family), "worker processes outlived the killed client"
 
 
 NO_MAIN_GUARD = """

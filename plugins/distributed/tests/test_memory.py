@@ -17,6 +17,7 @@ import psutil
 import pytest
 import taskloom
 from taskloom.errors import ConfigError
+from taskloom.testing import live_processes, wait_gone
 from taskloom.testing import wait_until as wait_for
 from taskloom_distributed import Client
 from taskloom_distributed.scheduler.state import SchedulerState
@@ -358,9 +359,7 @@ def memory_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[.
 def assert_no_worker_left(client: Client) -> None:
     pids = list(client.cluster.worker_pids)
     client.close()
-    procs = [psutil.Process(p) for p in pids if psutil.pid_exists(p)]
-    _, alive = psutil.wait_procs(procs, timeout=20)
-    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    assert not wait_gone(live_processes(pids), 20)
 
 
 def make_array(i: int) -> np.ndarray:

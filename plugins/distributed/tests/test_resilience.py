@@ -16,7 +16,7 @@ import pytest
 import taskloom
 from taskloom import delayed
 from taskloom.errors import KilledWorkerError, TaskloomError
-from taskloom.testing import wait_until
+from taskloom.testing import live_processes, wait_gone, wait_until
 from taskloom_distributed import CancelledError, Client
 from taskloom_distributed.nanny import MEMORY_EXIT_CODE
 from taskloom_distributed.worker.state import WorkerState
@@ -101,12 +101,6 @@ def no_process_left_behind() -> Iterator[None]:
     for p in left:
         p.kill()
     assert not left, f"processes left running: {left}"
-
-
-def wait_gone(procs: list[psutil.Process], timeout: float = 30) -> list[psutil.Process]:
-    """Wait up to ``timeout`` s for ``procs`` to end; those still running (zombies count as gone)."""
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
 def free_port() -> int:
@@ -307,7 +301,7 @@ def test_restart_without_nannies_drops_the_data_of_in_process_workers() -> None:
 def test_closing_the_cluster_stops_every_worker_process() -> None:
     client = Client(n_workers=2, threads_per_worker=1)
     pids = list(client.cluster.worker_pids)
-    procs = [psutil.Process(p) for p in pids]
+    procs = live_processes(pids)
     log_directory = client.cluster.log_directory
     assert os.path.isdir(log_directory)
     client.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import gc
 import os
 import signal
 import socket
@@ -32,7 +33,7 @@ import taskloom_processes
 from taskloom import Ref, Task
 from taskloom.errors import TaskloomError, WorkerPluginError
 from taskloom.serialize import SerializationError
-from taskloom.testing import SchedulerConformance
+from taskloom.testing import SchedulerConformance, live_processes, wait_gone
 from taskloom.testing.conformance import FileJournal
 from taskloom.worker import WorkerPlugin, get_worker, register_worker_plugin, unregister_worker_plugin
 from taskloom_processes import RemoteTraceback, WorkerDiedError
@@ -57,24 +58,6 @@ def compute(graph: dict[Any, Any], keys: Any, **kwargs: Any) -> Any:
 
 def run_script(path: Path, *args: str, timeout: float = 50) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=timeout)
-
-
-def _running(proc: psutil.Process) -> bool:
-    """Alive and not a zombie (orphans are reparented to a PID 1 that may never reap them)."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Wait up to ``timeout`` s for ``procs`` (not necessarily our children) to end; the survivors."""
-    deadline = time.monotonic() + timeout
-    alive = [p for p in procs if _running(p)]
-    while alive and time.monotonic() < deadline:
-        psutil.wait_procs(alive, timeout=min(0.2, max(0.0, deadline - time.monotonic())))
-        alive = [p for p in alive if _running(p)]
-    return alive
 
 
 # -- task functions ----------------------------------------------------------------------------
@@ -582,12 +565,7 @@ def test_no_worker_outlives_a_script_that_exits_normally(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     pids = [int(p) for p in done.stdout.split()]
     assert len(pids) == 2
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
+    procs = live_processes(pids)
     survivors = wait_gone(procs, timeout=10)
     assert not survivors, f"worker processes still running: {[p.pid for p in survivors]}"
 
@@ -606,7 +584,7 @@ def test_workers_of_a_killed_script_exit_by_themselves(
     pids = [int(p) for p in child.stdout.readline().split()]
     assert len(pids) == 2
     procs = [psutil.Process(pid) for pid in pids]
-    assert all(_running(p) for p in procs)
+    assert len(wait_gone(procs, timeout=0)) == 2, "a worker had ended already"
     child.kill()  # SIGKILL: no atexit, no cleanup of any kind in the parent
     child.wait(timeout=10)
     survivors = wait_gone(procs, timeout=10)
@@ -640,6 +618,132 @@ def test_concurrent_computes_from_two_threads() -> None:
         first, second = executor.submit(run, 64), executor.submit(run, 128)
         assert first.result(timeout=50) == [64 * 65 // 2] * 3
         assert second.result(timeout=50) == [128 * 129 // 2] * 3
+
+
+# -- batching and placement ------------------------------------------------------------------------
+
+
+def _sent() -> tuple[int, int]:
+    """Messages of work, and tasks, sent so far to the live workers."""
+    workers = taskloom_processes.live_workers()
+    return sum(w.batches_sent for w in workers), sum(w.tasks_sent for w in workers)
+
+
+def _sent_by(run: Any) -> tuple[Any, int, int]:
+    """``run()``'s result, and the messages of work and tasks it sent (the pool already up)."""
+    compute({"warm": Task(inc, 1)}, "warm")
+    batches, tasks = _sent()
+    result = run()
+    after = _sent()
+    return result, after[0] - batches, after[1] - tasks
+
+
+def test_a_chain_of_tiny_tasks_travels_in_a_few_messages() -> None:
+    n = 3000
+    graph: dict[Any, Any] = {0: Task(inc, 0), **{i: Task(inc, Ref(i - 1)) for i in range(1, n)}}
+    result, batches, tasks = _sent_by(lambda: compute(graph, n - 1))
+    assert result == n
+    assert tasks == n
+    assert batches <= n // 20, f"{n} chained tasks took {batches} messages"
+    assert gc.isenabled()  # paused only while the plan was built
+
+
+def test_a_tree_reduction_travels_in_subtrees() -> None:
+    leaves = 1024
+    graph: dict[Any, Any] = {("leaf", i): Task(inc, i) for i in range(leaves)}
+    level = [("leaf", i) for i in range(leaves)]
+    while len(level) > 1:
+        upper = [("sum", len(level), j) for j in range(len(level) // 2)]
+        for j, key in enumerate(upper):
+            graph[key] = Task(add, Ref(level[2 * j]), Ref(level[2 * j + 1]))
+        level = upper
+    result, batches, tasks = _sent_by(lambda: compute(graph, level[0]))
+    assert result == leaves * (leaves + 1) // 2
+    assert tasks == len(graph)
+    assert batches <= len(graph) // 10, f"{len(graph)} tasks took {batches} messages"
+
+
+def report_and_wait(port: int, name: str) -> int:
+    """Tell the test this task runs, and in which process; then wait for its word."""
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(f"{name} {os.getpid()}\n".encode())
+        conn.settimeout(40)
+        conn.recv(16)
+    return os.getpid()
+
+
+def _started(listener: socket.socket) -> tuple[str, int, socket.socket]:
+    """The next task that reports it runs: its name, its process and its connection."""
+    conn, _ = listener.accept()
+    conn.settimeout(30)
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = conn.recv(64)
+        assert chunk, "a task closed its connection before it said where it runs"
+        line += chunk
+    name, pid = line.decode().split()
+    return name, int(pid), conn
+
+
+def test_a_long_task_goes_to_the_free_worker_not_behind_a_busy_one(listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    graph = {name: Task(report_and_wait, port, name) for name in ("a", "b", "c")}
+    conns: list[socket.socket] = []
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as executor:
+            future = executor.submit(compute, graph, ["a", "b", "c"])
+            busy, freed = sorted([_started(listener), _started(listener)])
+            conns += [busy[2], freed[2]]
+            assert busy[1] != freed[1], "two long tasks started in the same worker"
+            # free the worker of the later task: a scheduler that queued two tasks on one
+            # worker queued "a" and "b" there, and "c" would now wait behind "a"
+            freed[2].sendall(b"go")
+            third = _started(listener)
+            conns.append(third[2])
+            assert third[1] == freed[1], "the third task did not start in the worker that was free"
+            for conn in (busy[2], third[2]):
+                conn.sendall(b"go")
+            pids = future.result(timeout=30)
+    finally:
+        for conn in conns:
+            conn.close()
+    assert sorted(pids) == sorted([busy[1], freed[1], third[1]])
+
+
+def test_garbage_collection_pauses_for_a_short_compute_only(
+    listener: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskloom_processes import scheduler
+
+    port = listener.getsockname()[1]
+    for pause, collecting in ((60.0, False), (0.2, True)):
+        monkeypatch.setattr(scheduler, "GC_PAUSE_SECONDS", pause)
+        with concurrent.futures.ThreadPoolExecutor(1) as executor:
+            future = executor.submit(compute, {"t": Task(report_and_wait, port, "t")}, "t")
+            _, pid, conn = _started(listener)
+            with conn:
+                deadline = time.monotonic() + 20
+                while gc.isenabled() != collecting and time.monotonic() < deadline:
+                    time.sleep(0.01)  # polling a state that changes by itself, with a deadline
+                assert gc.isenabled() == collecting, f"collector enabled: {gc.isenabled()} after {pause} s"
+                conn.sendall(b"go")
+                assert future.result(timeout=30) == pid
+        assert gc.isenabled()
+
+
+def test_a_task_whose_large_inputs_live_in_two_workers_gets_both() -> None:
+    pytest.importorskip("numpy")
+    n = 2**18  # 2 MiB of float64: each result stays in the worker that made it
+    graph = {
+        "a": Task(np.full, n, 1.0),
+        "b": Task(np.full, n, 2.0),
+        "where_a": Task(pid_of, Ref("a")),  # runs where "a" lives
+        "where_b": Task(pid_of, Ref("b")),
+        "sum": Task(add, Ref("a"), Ref("b")),  # runs where one lives; the other is fetched
+    }
+    where_a, where_b, total = compute(graph, ["where_a", "where_b", "sum"])
+    assert where_a != where_b and os.getpid() not in (where_a, where_b)
+    assert total.shape == (n,) and float(total.min()) == float(total.max()) == 3.0
 
 
 # -- worker plugins -------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 * Locality first: if a task needs more than ``LOCALITY_BYTES`` of results that live only in
   worker processes, it goes to the worker holding the most of those bytes (moving the task is
   cheaper than moving the data), even if that worker is busy.
-* Otherwise the worker with the most room gets the next batch.
+* Otherwise the ready tasks are shared out between the workers that want more.
 * Each worker keeps enough tasks queued to hide a message round trip: the queue depth grows as
   the measured time per task shrinks, from 1 (long tasks go one at a time to whichever worker
   is free, so an unevenly loaded machine still balances them) to ``MAX_DEPTH`` (tiny tasks
@@ -23,8 +23,7 @@ ROUND_TRIP_SECONDS = 0.004  # the queue should hold at least this much work per 
 class Placement:
     """Per-compute placement state: time per task and the queue depth it implies."""
 
-    def __init__(self, nworkers: int) -> None:
-        self.nworkers = nworkers
+    def __init__(self) -> None:
         self.mean_duration: float | None = None
         self.depth = 1
 
@@ -38,19 +37,14 @@ class Placement:
         self.mean_duration = m
         self.depth = min(MAX_DEPTH, 1 + int(ROUND_TRIP_SECONDS / max(m, 1e-7)))
 
-    def batch_size(self, load: int, ready: int, free_workers: int) -> int:
-        """How many ready tasks to send now to a worker with ``load`` tasks queued or running.
+    def wants(self, load: int) -> bool:
+        """Whether a worker with ``load`` tasks queued or running should get more now.
 
-        At most its room up to ``depth``, and at most its share of the ``ready`` tasks among
-        the ``free_workers`` that have room; nothing while it still has over half a queue
-        (large batches rather than a message per finished task).
+        Up to ``depth``; once the queue is deep, only when it has run down to half (large
+        batches rather than a message per report).
         """
         depth = self.depth
-        room = depth - load
-        if room <= 0 or (depth >= 8 and load > depth // 2):
-            return 0
-        share = -(-ready // max(1, free_workers))
-        return min(room, share)
+        return load < depth and (depth < 8 or load <= depth // 2)
 
 
 def locality(deps: Iterable[Any], where: Mapping[Any, int], held_bytes: Mapping[Any, int]) -> int | None:

@@ -31,7 +31,9 @@ class WorkerProcess:
         self.pid = proc.pid
         self.inflight: deque[Any] = deque()  # keys sent and not yet reported, in run order
         self.plugin_version: Any = None
-        self.funcs_sent: set[int] = set()  # ids of functions this worker has for the current compute
+        self.funcs_sent: set[int] = set()  # tokens of the functions it has for the current compute
+        self.batches_sent = 0  # messages of tasks sent to it since it started (diagnostics, tests)
+        self.tasks_sent = 0
         self.alive = True
 
     def __repr__(self) -> str:

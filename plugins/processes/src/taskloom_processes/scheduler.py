@@ -1,11 +1,21 @@
 """The ``processes`` scheduler: the shared engine's state machine driving a pool of processes.
 
 The calling thread runs the event loop: it plans the graph, hands ready tasks to workers in
-batches (:mod:`.placement` decides where and how many), and waits on every worker's connection
-and process sentinel at once.  Small results come back inline and are cached here, to be sent
-with the next task that needs them anywhere; large ones stay in the worker that made them and
-move only when a task elsewhere needs them or they are requested.  Finished intermediates are
-released in the workers as soon as their last dependent has run.
+batches, and waits on every worker's connection and process sentinel at once.
+
+* A batch takes along the dependents that can follow its tasks on the same worker (each of
+  their unfinished dependencies is in the batch), so a chain or a subtree of small tasks
+  travels in one message and runs without a round trip per task.
+* :mod:`.placement` keeps each worker's queue as deep as the measured time per task needs to
+  hide a round trip: long tasks go one at a time to whichever worker is free, tiny ones by the
+  hundred; a task whose large inputs live in a worker goes there.
+* On the wire a task is its key, a number standing for its function (each function is pickled
+  once per compute), its arguments and where the keys are among them; a worker reports only the
+  results, in the order it ran the tasks.  Small results come back inline and are kept here, to
+  be sent with the next task that needs them elsewhere; large ones stay in the worker that made
+  them and move only when a task elsewhere needs them or they are requested.  Finished
+  intermediates are released in the workers (with their next batch) once their last dependent
+  has run.
 
 Failures are never a hang: a task's exception comes back as the same exception type with the
 remote traceback as its cause; a value that cannot be pickled is a ``SerializationError``
@@ -16,12 +26,11 @@ running there and how the process ended (the pool replaces it before the next co
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import itertools
-import os
+import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from taskloom import config
@@ -44,6 +53,8 @@ from .pool import ProcessPool, WorkerProcess, get_pool, wait
 from .protocol import Payload, RemoteTraceback, recv, send, unpack_error
 
 _cids = itertools.count(1)
+GC_PAUSE_SECONDS = 1.0
+_SEEDS = 64  # the tasks at the end of a worker's queue that more tasks may follow
 
 
 class WorkerDiedError(TaskloomError, RuntimeError):
@@ -58,30 +69,53 @@ def get(
     ``num_workers`` falls back to the ``num_workers`` configuration value, then the CPU count;
     the start method is ``processes.context`` (default ``spawn``).
     """
-    size = int(num_workers or config.get("num_workers", None) or cpu_count())
-    pool = get_pool(size, str(config.get("processes.context", "spawn")))
-    with _gc_paused():
-        p = plan(graph, keys)
-        with pool.lock:
-            results = _Compute(pool, ExecutionState(p), task_events()).run()
+    gc_pause = _GcPause()
+    try:
+        results = _compute(graph, keys, num_workers, gc_pause)  # its bookkeeping is freed on return
+    finally:
+        gc_pause.end()
     return [results[k] for k in keys]
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector paused while a compute's bookkeeping is built and used.
+def _compute(
+    graph: Mapping[Key, Any], keys: list[Key], num_workers: int | None, gc_pause: _GcPause
+) -> dict[Key, Any]:
+    state = ExecutionState(plan(graph, keys))
+    size = int(num_workers or config.get("num_workers", None) or cpu_count())
+    pool = get_pool(size, str(config.get("processes.context", "spawn")))
+    with pool.lock:
+        return _Compute(pool, state, task_events(), gc_pause).run()
 
-    A compute allocates a few objects per task and frees few until it ends, so collections
-    meanwhile would rescan the (large, live) graph and plan again and again for nothing.
+
+class _GcPause:
+    """The cyclic garbage collector paused for the first ``GC_PAUSE_SECONDS`` of a compute.
+
+    The plan and the engine's indexes are a few objects per task, built with the collector off
+    and alive until the compute ends: the first collections after it would traverse them all
+    again (20 to 40 ms for 10,000 tasks) to free nothing.  A longer compute resumes collecting,
+    so other threads of this process never go long without it.
     """
-    if not gc.isenabled() or os.environ.get("NOGCPAUSE"):
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+
+    def __init__(self) -> None:
+        self.active = gc.isenabled()
+        if self.active:
+            gc.disable()
+            self.deadline = time.monotonic() + GC_PAUSE_SECONDS
+
+    def check(self) -> float | None:
+        """Resume collecting once the time is up; else how long until it is (``None``: no pause)."""
+        if not self.active:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.end()
+            return None
+        return left
+
+    def end(self) -> None:
+        if self.active:
+            self.active = False
+            gc.enable()
 
 
 class _Compute:
@@ -94,14 +128,17 @@ class _Compute:
     a report carries values only, matched against the worker's ``inflight`` queue.
     """
 
-    def __init__(self, pool: ProcessPool, state: ExecutionState, events: TaskEvents) -> None:
+    def __init__(
+        self, pool: ProcessPool, state: ExecutionState, events: TaskEvents, gc_pause: _GcPause | None = None
+    ) -> None:
         self.pool = pool
+        self.gc_pause = gc_pause
         self.state = state
         self.events = events
         self.timed = events.active
         self.cid = next(_cids)
         self.workers = pool.ensure_started()
-        self.placement = Placement(len(self.workers))
+        self.placement = Placement()
         plan_ = state.plan
         self.order = plan_.order
         self.tasks = plan_.tasks
@@ -131,7 +168,7 @@ class _Compute:
                 self._dispatch()
                 if self.state.remaining == 0 and self._outputs_ready():
                     break
-                self._wait_and_handle()
+                self._wait_and_handle(self.gc_pause.check() if self.gc_pause is not None else None)
             return self.outputs
         except BaseException:
             # an error or Ctrl-C abandons the work queued in workers: stop those that are busy
@@ -161,11 +198,12 @@ class _Compute:
                 send(w.conn, "plugins", self.cid, (plugin_version, plugins, custom), by_value=True)
                 w.plugin_version = version
 
-    def _wait_and_handle(self) -> None:
+    def _wait_and_handle(self, timeout: float | None = None) -> None:
+        """Wait for messages from workers (or their deaths), at most ``timeout`` seconds; handle them."""
         self._flush_releases()
         conns: dict[Any, WorkerProcess] = {w.conn: w for w in self.workers if w.alive}
         sentinels: dict[Any, WorkerProcess] = {w.proc.sentinel: w for w in self.workers if w.alive}
-        for ready in wait([*conns, *sentinels]):
+        for ready in wait([*conns, *sentinels], timeout):
             if ready in conns:
                 w = conns[ready]
                 if not w.alive:
@@ -232,7 +270,8 @@ class _Compute:
                 finish(inflight.popleft(), value)
         released = state.released
         if released:
-            self._release(released)
+            if state.remaining:  # once all is done, the workers' stores are reset instead
+                self._release(released)
             released.clear()
 
     def _finished_slow(
@@ -244,7 +283,7 @@ class _Compute:
         ev = self.events
         special = {pos: (status, data) for pos, status, data in specials}
         for pos, value in enumerate(values):
-            i = inflight[0]
+            i = inflight.popleft()
             key = order[i]
             duration = times[pos][1] - times[pos][0] if times is not None else 0.0
             status, data = special.get(pos, _VALUE)
@@ -252,7 +291,6 @@ class _Compute:
                 self._failed(w, key, status, data, duration)
             if status == "held":
                 held[key] = data
-            inflight.popleft()
             if times is not None:
                 if ev.start is not None:
                     ev.start(key=key, worker=w.name)
@@ -322,7 +360,7 @@ class _Compute:
         """Hand ready tasks out in batches, each with the dependents that can follow it there."""
         state = self.state
         ready = state.ready
-        if not ready or state.error is not None:
+        if state.error is not None or not (ready or state.running):
             return
         workers = self.workers
         loads = [len(w.inflight) for w in workers]
@@ -331,18 +369,27 @@ class _Compute:
             self._dispatch_by_locality(loads, depth)
             return
         by_load = sorted(range(len(workers)), key=loads.__getitem__)
-        candidates = [k for k in by_load if _wants(loads[k], depth)]
-        if not candidates:
-            return
-        share = -(-len(ready) // len(candidates))  # the ready tasks split evenly
-        for widx in candidates:
-            room = depth - loads[widx]
-            picked = [i for i, _, _ in state.pop_batch(min(room, share), 0)]
-            if not picked:
-                break
-            batch = self._with_followers(picked, room)
-            loads[widx] += len(batch)
-            self._send(widx, batch)
+        candidates = [k for k in by_load if self.placement.wants(loads[k])]
+        if ready and candidates:
+            share = -(-len(ready) // len(candidates))  # the ready tasks split evenly
+            for widx in candidates:
+                room = depth - loads[widx]
+                picked = [i for i, _, _ in state.pop_batch(min(room, share), 0)]
+                if not picked:
+                    break
+                batch = self._with_followers(picked, room)
+                loads[widx] += len(batch)
+                self._send(widx, batch)
+        if not ready and state.error is None:
+            # nothing ready: queue what can follow each worker's last tasks there, up to a
+            # second queue's worth, so a chain keeps going while the worker runs its first part
+            for widx, w in enumerate(workers):
+                room = 2 * depth - loads[widx]
+                if w.inflight and room > depth // 2:
+                    tail = list(itertools.islice(reversed(w.inflight), _SEEDS))
+                    batch = self._followers(tail, room)
+                    loads[widx] += len(batch)
+                    self._send(widx, batch)
 
     def _dispatch_by_locality(self, loads: list[int], depth: int) -> None:
         """While large results live in workers: each ready task, in priority order, goes to the
@@ -366,21 +413,31 @@ class _Compute:
             self._send(widx, items)
 
     def _with_followers(self, picked: list[int], limit: int) -> list[int]:
-        """``picked`` (popped, in priority order) and up to ``limit`` dependents claimed to follow them.
+        """``picked`` (popped, in priority order) and up to ``limit`` dependents claimed to follow them."""
+        followers = self._followers(picked, limit)
+        if not followers:
+            return picked
+        batch = picked + followers
+        batch.sort()
+        return batch
 
-        A dependent follows when every one of its unfinished dependencies is in the batch (and it
-        has at most ``FOLLOW_MAX_DEPS`` of them; a reduction over many waits its turn): the
-        worker runs the batch in priority order, so a chain or a subtree runs without a round
-        trip per task, in the depth-first order the sync scheduler follows.  Counted with
-        integers only -- each dependency edge is looked at once, no key is hashed.
+    def _followers(self, queued: list[int], limit: int) -> list[int]:
+        """Up to ``limit`` dependents of ``queued`` (tasks bound for one worker) claimed to run after them.
+
+        A dependent follows when every one of its unfinished dependencies is queued there or
+        follows too (and it has at most ``FOLLOW_MAX_DEPS`` of them; a reduction over many waits
+        its turn): the worker runs its tasks in the order sent, so a chain or a subtree runs
+        without a round trip per task, in the depth-first order the sync scheduler follows.
+        Counted with integers only -- each dependency edge is looked at once, no key is hashed.
+        Returned in priority order.
         """
         if limit <= 0:
-            return picked
+            return []
         state = self.state
         waiting, dependents, claimed, claim = state.waiting, state.dependents, state.claimed, state.claim
         hits: dict[int, int] = {}
         followers: list[int] = []
-        stack = list(picked)
+        stack = list(queued)
         while stack:
             for j in dependents[stack.pop()]:
                 w = waiting[j]
@@ -397,11 +454,8 @@ class _Compute:
                 if not limit:
                     stack.clear()
                     break
-        if not followers:
-            return picked
-        batch = picked + followers
-        batch.sort()
-        return batch
+        followers.sort()
+        return followers
 
     def _send(self, widx: int, items: list[int]) -> None:
         """Send ``items`` to worker ``widx`` with the inputs it lacks; what needs a fetch waits for it."""
@@ -412,7 +466,8 @@ class _Compute:
         where, data, order, tasks = self.where, self.state.data, self.order, self.tasks
         sent = w.funcs_sent
         funcs: list[tuple[int, bytes]] = []
-        wire: list[tuple[Any, ...]] = []
+        wire: list[Any] = []
+        extend = wire.extend
         inputs: list[tuple[Key, Any]] = []
         last_func: Any = None
         token = -1
@@ -438,19 +493,22 @@ class _Compute:
                     if token not in sent:
                         funcs.append((token, self.func_blobs[token]))
                         sent.add(token)
+                # five fields a task, in one flat list (a tuple per task would cost more to pickle)
                 if type(task) is _TupleTask:  # a classic tuple: no kwargs, keys in args where refs say
-                    wire.append((key, token, task.args, task._refs, None))
+                    extend((key, token, task.args, task._refs, None))
                 elif type(task) is _GatherTask:  # the same, plus flat lists of keys: no Ref per element
-                    wire.append((key, token, task.args, task._refs, task._lists))
+                    extend((key, token, task.args, task._refs, task._lists))
                 else:
                     args, kwargs, refs = to_wire(task)
-                    wire.append((key, token, args, refs, kwargs))
+                    extend((key, token, args, refs, kwargs))
                 where[key] = bit  # sent once: no worker has it yet
                 continue
             break
         if not wire:
             return
         w.inflight.extend(items)
+        w.batches_sent += 1
+        w.tasks_sent += len(items)
         releases = self.pending_release[widx]
         self.pending_release[widx] = []
         try:
@@ -507,11 +565,6 @@ class _Compute:
             else:
                 self.outputs[key] = value.load() if type(value) is Payload else value
         return len(self.outputs) == len(self.outputs_wanted)
-
-
-def _wants(load: int, depth: int) -> bool:
-    """Whether a worker with ``load`` tasks queued should get more now (large batches, not many small)."""
-    return load < depth and (depth < 8 or load <= depth // 2)
 
 
 _HELD: Any = object()  # the value of a large result that stays in the worker that made it

@@ -165,7 +165,8 @@ def _run_batch(
     clock = time.perf_counter
     plain = _PLAIN
     last_flush = clock()
-    for key, token, args, refs, extra in tasks:
+    fields = iter(tasks)  # five fields a task: key, function token, args, refs, extra
+    for key, token, args, refs, extra in zip(fields, fields, fields, fields, fields):
         if cancelled[0] >= cid:
             return
         if transitions:
