@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import taskloom
 from taskloom import plugins
+from taskloom.bench.cases import BenchCase, BenchContext, BenchFigure
 from taskloom.bench.workloads import MILLION, STANDARD, direct
 from taskloom.cli import main
 
@@ -134,3 +135,52 @@ def test_million_graph_has_no_task_with_a_million_dependencies() -> None:
     widest = max(len(v[1]) for v in graph.values() if isinstance(v[1], list))
     assert widest <= 100
     assert taskloom.get(graph, out, scheduler="sync") == sum(range(1, MILLION.quick + 1))
+
+
+def _calls_seen(context: BenchContext) -> list[BenchFigure]:
+    quick = str(context.quick)
+    return [BenchFigure(f"{name} x{context.num_workers}", 0.5, note=quick) for name in context.schedulers]
+
+
+def _case_fails(context: BenchContext) -> list[BenchFigure]:
+    raise ValueError("this case always fails")
+
+
+class CasesPlugin:
+    @taskloom.hookimpl
+    def taskloom_bench_cases(self) -> list[BenchCase]:
+        return [
+            BenchCase("echo-case", "reports the context it was given", run=_calls_seen),
+            BenchCase("failing-case", "raises", run=_case_fails),
+        ]
+
+
+@pytest.mark.timeout(120)
+def test_a_plugins_bench_cases_run_after_the_workloads_and_a_failing_one_is_reported(
+    registered_plugin: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.json"
+    argv = ["bench", "--quick", "--workload", "chain", "--scheduler", "sync", "--num-workers", "3"]
+    with registered_plugin(CasesPlugin()):
+        status = main([*argv, "--json", str(out)])
+    assert status == 1, "a failing case fails the run"
+    report = json.loads(out.read_text())
+    assert report["ok"] is False
+    cases = {r["case"]: r for r in report["cases"] if r["case"] in ("echo-case", "failing-case")}
+    assert cases["echo-case"]["scheduler"] == "sync x3" and cases["echo-case"]["note"] == "True"
+    assert cases["failing-case"]["error"] == "ValueError: this case always fails"
+    assert [r["scheduler"] for r in report["results"]] == ["sync"], "the workloads ran as usual"
+    printed = capsys.readouterr()
+    assert "echo-case: reports the context it was given" in printed.out
+    assert "sync x3" in printed.out
+    assert "ERROR ValueError: this case always fails" in printed.err
+
+
+@pytest.mark.timeout(120)
+def test_no_cases_skips_the_plugins_bench_cases(registered_plugin: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    with registered_plugin(CasesPlugin()):
+        argv = ["bench", "--quick", "--workload", "chain", "--scheduler", "sync", "--no-cases"]
+        status = main([*argv, "--json", str(out)])
+    assert status == 0
+    assert json.loads(out.read_text())["cases"] == []

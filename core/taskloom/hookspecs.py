@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from .bench.cases import BenchCase
     from .plugins import SchedulerSpec
     from .serialize import Serializer
 
@@ -80,6 +81,19 @@ def taskloom_cli(commands: argparse._SubParsersAction) -> None:
         ``commands.add_parser(name, help=...)`` and ``set_defaults(func=run)`` on the result,
         where ``run(args: argparse.Namespace) -> int | None`` is called with the parsed arguments.
     """
+
+
+@hookspec
+def taskloom_bench_cases() -> Sequence[BenchCase]:
+    """Return benchmarks to run in ``taskloom bench`` after the standard workloads.
+
+    Called once per ``taskloom bench`` run (not with ``--no-cases``).
+
+    :return: :class:`taskloom.bench.cases.BenchCase` objects; each case's ``run(context)``
+        measures what it likes on ``context.schedulers`` (and on Dask's own scheduler when
+        ``context.compare == "dask"``) and returns :class:`~taskloom.bench.cases.BenchFigure` rows.
+    """
+    raise NotImplementedError
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ The seed's array workload, ``da.random.random((10000, 10000), chunks=(1000, 1000
 computed by Dask's own threaded scheduler and by ``taskloom_dask.get`` on taskloom's
 ``threads`` scheduler, best of ``--repeat`` runs each, alternating; prints both timings and the
 ratio taskloom / Dask (below 1: taskloom is faster).  Both use ``--num-workers`` threads
-(default: the CPU count).  ``--size``/``--chunk`` shrink it for a quick look.
+(default: the CPU count).  ``--size``/``--chunk`` shrink it for a quick look.  ``taskloom bench
+--compare dask`` runs the same measurement (case ``dask-array``, from ``taskloom_dask.bench``).
 
     python contrib/dask/bench/bench_array.py [--size 10000] [--chunk 1000] [--repeat 3]
 """
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
-from typing import Any
 
 
 def _cpu_count() -> int:
@@ -22,12 +21,6 @@ def _cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-def _timed(compute: Any) -> tuple[float, Any]:
-    t0 = time.perf_counter()
-    value = compute()
-    return time.perf_counter() - t0, value
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -39,27 +32,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
 
     import dask
-    import dask.array as da
-    import numpy as np
-    import taskloom_dask
+    from taskloom_dask.bench import measure_array
 
     workers = args.num_workers or _cpu_count()
-    x = da.random.random((args.size, args.size), chunks=(args.chunk, args.chunk)).mean()
-    on_taskloom = taskloom_dask.bind("threads", num_workers=workers)
-    runs: dict[str, list[float]] = {"dask": [], "taskloom": []}
-    values: dict[str, Any] = {}
-    for _ in range(args.repeat):  # alternate, so background load hits both alike
-        runs["dask"].append(_timed(lambda: x.compute(scheduler="threads", num_workers=workers))[0])
-        elapsed, values["taskloom"] = _timed(lambda: x.compute(scheduler=on_taskloom))
-        runs["taskloom"].append(elapsed)
-    values["dask"] = x.compute(scheduler="threads", num_workers=workers)
-    assert np.isclose(values["dask"], values["taskloom"]), values
-    graph = dict(x.__dask_graph__())
+    runs = measure_array(args.size, args.chunk, args.repeat, workers)
     best = {name: min(times) for name, times in runs.items()}
     ratio = best["taskloom"] / best["dask"]
     print(
         f"array workload: random(({args.size}, {args.size}), chunks=({args.chunk}, {args.chunk})).mean()"
-        f" -- {len(graph)} tasks before optimisation, {workers} threads, best of {args.repeat}"
+        f" -- {workers} threads, best of {args.repeat}"
     )
     print(f"  dask threaded scheduler : {best['dask']:.3f} s")
     print(f"  taskloom threads        : {best['taskloom']:.3f} s")

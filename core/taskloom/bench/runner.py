@@ -77,6 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-matrix", action="store_true",
         help="skip the decision matrix (CPU-bound tasks and 50 MB arrays on sync, threads, processes)",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-cases", action="store_true",
+        help="skip the benchmarks that installed plugins add (taskloom_bench_cases hook)",
+    )  # fmt: skip
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
     parser.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown to PATH")
 
@@ -126,22 +130,33 @@ def run_cli(args: argparse.Namespace) -> int:
             if local:
                 matrix_rows = measure(local)
                 matrix_text = format_rows(matrix_rows)
+        case_rows: list[dict[str, Any]] = []
+        case_text = ""
+        failed_cases = 0
+        if not args.no_cases:
+            from .cases import BenchContext, plugin_cases, run_cases
+
+            context = BenchContext(tuple(specs), workers, repeat, args.compare, bool(args.quick))
+            case_rows, case_text, failed_cases = run_cases(plugin_cases(), context)
     compare = bool(dask_gets)
     print()
     print(format_text(report, compare))
     if matrix_text:
         print(matrix_text)
+    if case_text:
+        print(case_text)
     if args.json:
         import json
 
-        figures = {**report.as_dict(), "decision_matrix": matrix_rows}
+        figures = {**report.as_dict(), "decision_matrix": matrix_rows, "cases": case_rows}
+        figures["ok"] = figures["ok"] and not failed_cases
         write_text(args.json, json.dumps(figures, indent=2, default=repr) + "\n")
     if args.markdown:
-        extra = f"\n```{matrix_text}\n```\n" if matrix_text else ""
+        extra = "".join(f"\n```{text}\n```\n" for text in (matrix_text, case_text) if text)
         write_text(args.markdown, format_markdown(report, compare) + extra)
-    failed = [r for r in report.rows if r.error is not None]
+    failed = len([r for r in report.rows if r.error is not None]) + failed_cases
     if failed:
-        print(f"\n{len(failed)} run(s) failed", file=sys.stderr)
+        print(f"\n{failed} run(s) failed", file=sys.stderr)
         return 1
     return 0
 

@@ -28,3 +28,10 @@ def taskloom_config_defaults() -> dict[str, Any]:
         "client": None,  # the dask scheduler's distributed.Client; None: the current one
         "dask": {"fuse": True},  # the dask scheduler fuses linear chains before submitting
     }
+
+
+@taskloom.hookimpl
+def taskloom_bench_cases() -> list[Any]:
+    from .bench import ARRAY_CASE
+
+    return [ARRAY_CASE]
