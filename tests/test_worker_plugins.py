@@ -275,11 +275,6 @@ def test_user_plugins_tear_down_before_installed_ones(
         ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a WorkerRuntime snapshots installed plugins when the worker starts: a plugin "
-    "unregistered with taskloom.plugins.unregister keeps receiving worker hooks on existing workers",
-)
 def test_unregistered_installed_plugin_gets_no_more_worker_hooks(
     registered_plugin: Any, fresh_thread_pools: None
 ) -> None:
@@ -290,3 +285,21 @@ def test_unregistered_installed_plugin_gets_no_more_worker_hooks(
     count = len(log.of("transition"))
     assert taskloom.get({"a": Task(inc, 1)}, "a", scheduler="threads", num_workers=WORKERS) == 2
     assert len(log.of("transition")) == count
+    assert len(log.of("teardown")) >= 1, "the worker that ran 'a' tore it down first"
+    taskloom_threads.shutdown()  # the others tear it down as they stop, once each
+    setups, teardowns = log.of("setup"), log.of("teardown")
+    assert len(setups) == WORKERS
+    assert sorted(id(e[3]) for e in teardowns) == sorted(id(e[3]) for e in setups)
+
+
+def test_a_plugin_registered_at_run_time_reaches_workers_that_already_run(
+    registered_plugin: Any, fresh_thread_pools: None
+) -> None:
+    before = {thread for thread, _ in on_every_thread()}  # the pool's workers are up and set up
+    log = Log()
+    with registered_plugin(InstalledWorkerHooks(log)):
+        seen = on_every_thread("installed_resource")
+        assert {thread for thread, _ in seen} == before, "the same workers, not a new pool"
+        for thread, attributes in seen:
+            assert attributes == {"installed_resource": f"installed on {thread.name}"}
+        assert len(log.of("setup")) == WORKERS

@@ -89,6 +89,7 @@ _lock = threading.RLock()
 _pm: pluggy.PluginManager | None = None
 _dists: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
 _schedulers: dict[str, SchedulerSpec] | None = None
+_generation = 0  # bumped whenever the set of registered plugins changes
 
 
 def _blocked_names() -> set[str]:
@@ -140,10 +141,11 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
 
 def register(plugin: object, name: str | None = None) -> str | None:
     """Register a plugin object (a module or instance with hookimpls) at run time."""
-    global _schedulers
+    global _schedulers, _generation
     pm = get_plugin_manager()
     with _lock:
         registered = pm.register(plugin, name=name)
+        _generation += 1
         if hasattr(plugin, "taskloom_schedulers"):
             _schedulers = None
         return registered
@@ -151,21 +153,28 @@ def register(plugin: object, name: str | None = None) -> str | None:
 
 def unregister(plugin: object | None = None, name: str | None = None) -> None:
     """Unregister a plugin registered with :func:`register`."""
-    global _schedulers
+    global _schedulers, _generation
     pm = get_plugin_manager()
     with _lock:
         removed = pm.unregister(plugin, name=name)
+        _generation += 1
         if hasattr(removed, "taskloom_schedulers"):
             _schedulers = None
 
 
 def reset() -> None:
     """Forget the plugin manager and registries; the next use reloads the entry points."""
-    global _pm, _schedulers
+    global _pm, _schedulers, _generation
     with _lock:
         _pm = None
         _schedulers = None
         _dists.clear()
+        _generation += 1
+
+
+def generation() -> int:
+    """A number that changes whenever a plugin is registered or unregistered (lock-free read)."""
+    return _generation
 
 
 def _distribution_of(pm: pluggy.PluginManager, plugin: object) -> str:

@@ -26,7 +26,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import WorkerPluginError
-from .plugins import get_plugin_manager, hookimpl
+from .plugins import generation, get_plugin_manager, hookimpl
 
 _WORKER_HOOKS = ("taskloom_worker_setup", "taskloom_worker_teardown", "taskloom_task_transition")
 
@@ -104,14 +104,15 @@ def unregister_worker_plugin(name: str) -> None:
 
 
 def registry_version() -> int:
-    """A number that changes whenever a worker plugin is registered or removed (lock-free read)."""
-    return _registry_version
+    """A number that changes whenever a worker plugin, or any taskloom plugin, is registered or
+    removed (lock-free read): workers compare it to know when to bring their plugins in line."""
+    return _registry_version + generation()
 
 
 def worker_plugins() -> tuple[int, dict[str, WorkerPlugin]]:
     """``(version, {name: plugin})``: the registered plugins, in registration order."""
     with _registry_lock:
-        return _registry_version, dict(_registry)
+        return _registry_version + generation(), dict(_registry)
 
 
 # -- per-worker dispatch -----------------------------------------------------------------------
@@ -144,6 +145,17 @@ def _overrides_transition(plugin: WorkerPlugin) -> bool:
     return method is not None and method is not WorkerPlugin.transition
 
 
+def _installed_worker_plugins() -> dict[str, object]:
+    """The plugins of the process's plugin manager that implement a worker hook, by name."""
+    installed = get_plugin_manager()
+    out: dict[str, object] = {}
+    for name, plugin in installed.list_name_plugin():
+        callers = installed.get_hookcallers(plugin) if plugin is not None else None
+        if any(h.name in _WORKER_HOOKS for h in callers or ()):
+            out[name] = plugin
+    return out
+
+
 _current = threading.local()
 
 
@@ -154,12 +166,9 @@ class WorkerRuntime:
         self.worker = worker
         self.pm = pluggy.PluginManager("taskloom")
         self.pm.add_hookspecs(hookspecs)
-        installed = get_plugin_manager()
-        for name, plugin in installed.list_name_plugin():
-            if plugin is not None and any(
-                h.name in _WORKER_HOOKS for h in installed.get_hookcallers(plugin) or ()
-            ):
-                self.pm.register(plugin, name=name)
+        self.installed: dict[str, object] = _installed_worker_plugins()  # name -> plugin object
+        for name, plugin in self.installed.items():
+            self.pm.register(plugin, name=name)
         self.version = -1
         self.active: dict[str, _Adapter] = {}
         self.installed_set_up = False
@@ -180,6 +189,8 @@ class WorkerRuntime:
             return
         if not self.installed_set_up:
             self._call_installed_setup()
+        elif version != self.version:
+            self._follow_installed()
         for name in [n for n, a in self.active.items() if plugins.get(n) is not a.plugin][::-1]:
             self._teardown(name)
         for name, plugin in plugins.items():
@@ -207,6 +218,29 @@ class WorkerRuntime:
             except BaseException as exc:
                 raise WorkerPluginError(impl.plugin_name, self.worker.name, exc) from exc
         self.installed_set_up = True
+
+    def _follow_installed(self) -> None:
+        """Plugins registered or unregistered at run time (``taskloom.plugins.register``) since
+        this worker set up: tear down and drop the ones gone, add and set up the new ones."""
+        now = _installed_worker_plugins()
+        for name in [n for n, p in self.installed.items() if now.get(n) is not p][::-1]:
+            plugin = self.installed.pop(name)
+            for impl in self._impls("taskloom_worker_teardown", plugin):
+                impl.function(worker=self.worker)
+            self.pm.unregister(plugin)
+        for name, plugin in now.items():
+            if name in self.installed:
+                continue
+            self.pm.register(plugin, name=name)
+            self.installed[name] = plugin
+            for impl in self._impls("taskloom_worker_setup", plugin):
+                try:
+                    impl.function(worker=self.worker)
+                except BaseException as exc:
+                    raise WorkerPluginError(name, self.worker.name, exc) from exc
+
+    def _impls(self, hook: str, plugin: object) -> list[Any]:
+        return [impl for impl in getattr(self.pm.hook, hook).get_hookimpls() if impl.plugin is plugin]
 
     def _teardown(self, name: str) -> None:
         adapter = self.active.pop(name)
