@@ -63,7 +63,9 @@ def test_a_result_held_by_a_dead_worker_is_recomputed_from_its_released_inputs()
     st, _ = chain_on_one_worker(3)
     assert {k: ts.state for k, ts in st.tasks.items()} == {"t0": "released", "t1": "released", "t2": "memory"}
     out = st.remove_worker(A, "connection closed")
-    assert computes(out) == {"t0": B}  # the walk back starts at the first input
+    # the walk back starts at the first input; the rest of the chain is claimed to follow it
+    assert computes(out) == {"t0": B, "t1": B, "t2": B}
+    assert st.tasks["t1"].waiting_on == {st.tasks["t0"]}
     assert to_clients(out, "lost-data").keys() == {"t2"}  # its future is pending again
     log = run_all(st, out)
     assert list(computes(log)) == ["t0", "t1", "t2"]
@@ -74,8 +76,9 @@ def test_a_result_held_by_a_dead_worker_is_recomputed_from_its_released_inputs()
 def test_a_long_chain_of_lost_results_is_walked_back_without_recursion() -> None:
     st, _ = chain_on_one_worker(3000)
     out = st.remove_worker(A, "killed")
-    assert computes(out) == {"t0": B}
-    assert sum(ts.state == "waiting" for ts in st.tasks.values()) == 2999
+    sent = computes(out)
+    assert next(iter(sent)) == "t0" and set(sent.values()) == {B} and len(sent) == 3000
+    assert sum(ts.state == "processing" for ts in st.tasks.values()) == 3000
 
 
 def test_tasks_processing_on_a_dead_worker_are_sent_elsewhere() -> None:
@@ -101,11 +104,12 @@ def test_a_dependent_sent_to_another_worker_is_withdrawn_there_and_sent_again() 
     st.worker_status(A, "running")
     out = st.remove_worker(A, "killed")
     assert freed(out) == [(B, "y")]  # withdrawn first ...
-    assert computes(out) == {"x": B}  # ... and x recomputed
+    assert computes(out) == {"x": B, "y": B}  # ... x recomputed, and y claimed to follow it on B
+    msg = next(m for _, m in out if m["op"] == "compute-task" and m["key"] == "y")
+    assert msg["who_has"] == {"x": []}  # computed there, not fetched
     out = st.task_finished(B, "x", 8)
-    assert computes(out) == {"y": B}  # ... then y sent again, with x where it now is
-    msg = next(m for _, m in out if m["op"] == "compute-task")
-    assert msg["who_has"] == {"x": [B]}
+    assert computes(out) == {}  # y was there already: no round trip
+    assert st.tasks["y"].state == "processing" and not st.tasks["y"].waiting_on
 
 
 def test_only_the_tasks_executing_when_a_worker_died_are_blamed() -> None:
@@ -177,7 +181,7 @@ def test_a_missing_replica_is_dropped_and_the_value_recomputed() -> None:
     assert computes(out) == {"y": B}
     out = st.missing_data(B, "x", A)
     assert (A, "x") in freed(out) and (B, "y") in freed(out)
-    assert computes(out) == {"x": B}
+    assert computes(out) == {"x": B, "y": B}  # y claimed to follow x there
     assert st.missing_data(B, "x", A) == []  # the same report again is stale
 
 

@@ -15,12 +15,18 @@ class BatchedSend:
     """Queue messages with :meth:`send`; a background task writes them as one list per write.
 
     Messages produced while handling one event (or while the previous write was in flight) share
-    a write, so per-task messages cost a fraction of a round trip.
+    a write, so per-task messages cost a fraction of a round trip.  ``interval`` (seconds): a
+    message queued sooner than that after the last write waits until then, with whatever else
+    comes meanwhile (a stream of task results becomes a few writes); one after a quiet spell goes
+    at once, so a lone request pays no delay.
     """
 
-    def __init__(self, comm: Comm) -> None:
+    def __init__(self, comm: Comm, interval: float = 0.0) -> None:
         self.comm = comm
         self.buffer: list[Any] = []
+        self.interval = interval
+        self.writes = 0  # writes so far (each a batch of messages)
+        self._last = 0.0  # loop time of the last write
         self._wake = asyncio.Event()
         self._closed = False
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -32,14 +38,21 @@ class BatchedSend:
         self._wake.set()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while not self._closed or self.buffer:
                 if not self.buffer:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
+                if self.interval and not self._closed:
+                    wait = self._last + self.interval - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                 batch, self.buffer = self.buffer, []
+                self.writes += 1
                 await self.comm.write(batch)
+                self._last = loop.time()
         except CommClosedError:
             self._closed = True
         except Exception:  # an unpicklable message must not kill the stream silently

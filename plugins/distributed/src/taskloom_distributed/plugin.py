@@ -63,6 +63,8 @@ def taskloom_config_defaults() -> dict[str, Any]:
                 "auth": None,  # shared token (TASKLOOM_DISTRIBUTED__COMM__AUTH)
                 "timeout": 30,
                 "tls": {"ca_file": None, "cert": None, "key": None},  # PEM paths: mutual TLS
+                # seconds: to connect + authenticate to a peer; a fetch with no byte moving (0: none)
+                "timeouts": {"connect": 10, "idle": 30},
             },
             "worker": {
                 "nthreads": None,
@@ -70,6 +72,7 @@ def taskloom_config_defaults() -> dict[str, Any]:
                 "local_directory": None,  # spill files go here (default: the system temp directory)
                 "heartbeat_interval": 0.5,  # seconds between a worker's heartbeats (its metrics)
                 "reconnect_timeout": 10,  # seconds a worker that lost its scheduler tries to reconnect
+                "inline_result_bytes": 65536,  # a result a client waits for, up to this: sent with the news
                 "memory": {  # fractions of memory_limit; False disables a step
                     "target": 0.6,  # results in memory past this: least recently used to disk
                     "spill": 0.7,  # process memory (RSS) past this: spill until below target

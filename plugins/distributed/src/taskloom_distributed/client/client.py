@@ -106,6 +106,7 @@ class Client(KeyRefs, Results, WorkerCalls, ClusterAdmin):
         self.asynchronous = asynchronous
         self.id = f"client-{uuid.uuid4().hex[:12]}"
         self._states: dict[Key, FutureState] = {}
+        self._inline_bytes = 0  # bytes of results that came inline and wait in FutureStates
         self._lock = threading.RLock()
         self._outbox: deque[dict[str, Any]] = deque()
         self._unheld: deque[FutureState] = deque()  # released by Futures, not yet counted
@@ -244,7 +245,7 @@ class Client(KeyRefs, Results, WorkerCalls, ClusterAdmin):
             key = msg["key"]
             st = self._states.get(key)
             if st is not None and key not in self._releasing:
-                st.finish(msg.get("type", ""), msg.get("who_has"))
+                st.finish(msg.get("type", ""), msg.get("who_has"), self._keep_inline(msg.get("value")))
         elif op == "task-erred":
             key = msg["key"]
             st = self._states.get(key)
@@ -265,6 +266,7 @@ class Client(KeyRefs, Results, WorkerCalls, ClusterAdmin):
             if st is not None and st.status == "finished":
                 with st.lock:
                     st.status, st.who_has = "pending", None
+                    self._drop_inline(st)
                     if st.event is not None:
                         st.event.clear()
         elif op == "graph-error":

@@ -51,6 +51,7 @@ class FutureState:
         "status",
         "traceback",
         "type",
+        "value",
         "who_has",
     )
 
@@ -66,6 +67,8 @@ class FutureState:
         self.who_has: list[str] | None = None  # workers that hold the result, when the scheduler said
         self.refcount = 0
         self.callbacks: list[Callable[[], None]] = []
+        # the result itself, (serializer name, frames), when it came with the news (small results)
+        self.value: tuple[str, list[bytes]] | None = None
 
     def _set(self, status: str) -> None:
         with self.lock:
@@ -77,9 +80,15 @@ class FutureState:
         for cb in callbacks:
             cb()
 
-    def finish(self, type_name: str = "", who_has: list[str] | None = None) -> None:
+    def finish(
+        self,
+        type_name: str = "",
+        who_has: list[str] | None = None,
+        value: tuple[str, list[bytes]] | None = None,
+    ) -> None:
         self.type = type_name
         self.who_has = who_has
+        self.value = value
         self._set("finished")
 
     def error(self, exception: Any, traceback: Any) -> None:

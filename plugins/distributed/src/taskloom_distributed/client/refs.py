@@ -42,6 +42,10 @@ class KeyRefs:
     _stream: BatchedSend | None
     _rids: Iterator[int]
 
+    if TYPE_CHECKING:  # in Results
+
+        def _drop_inline(self, st: FutureState) -> None: ...
+
     def _post(self, msg: dict[str, Any]) -> None:
         """Queue ``msg`` for the scheduler; from any thread, in order, batched per loop turn."""
         self._outbox.append(msg)
@@ -101,6 +105,7 @@ class KeyRefs:
                 if st.refcount <= 0 and self._states.get(st.key) is st:
                     del self._states[st.key]
                     released.append(st.key)
+                    self._drop_inline(st)
             if released:
                 self._queue_release(released)
 
@@ -146,6 +151,7 @@ class KeyRefs:
                 if self._states.get(f.key) is f._state:
                     del self._states[f.key]
                     keys.append(f.key)
+                    self._drop_inline(f._state)
             if keys:
                 self._queue_release(keys)
         self._wake_flush()

@@ -1,5 +1,11 @@
 """Results back from the cluster: waiting on futures, fetching values from the workers that hold
-them (all of a worker's keys in one request), and the tasks' exceptions."""
+them (all of a worker's keys in one request), and the tasks' exceptions.
+
+A small result of a key the client holds comes inline with the scheduler's news that it is done
+(``distributed.worker.inline_result_bytes``): the first ``result()`` or ``gather`` of it unpickles
+it with no request to the worker (later ones fetch it, so a result lost with its worker since is
+recomputed as before).  At most ``INLINE_BUDGET`` bytes of such results wait in the client at a
+time (beyond that they are fetched)."""
 
 from __future__ import annotations
 
@@ -10,10 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from taskloom.errors import TaskloomError
 from taskloom.graph import Key
+from taskloom.serialize import deserialize
 
 from .futures import CancelledError, Future, FutureState, wait_states
 from .graphs import collect_futures, rebuild
 from .pickling import unpack_exception
+
+INLINE_BUDGET = 64 * 2**20  # bytes of inline results a client keeps waiting, at most
 
 
 class Results:
@@ -21,6 +30,8 @@ class Results:
 
     # set up by Client.__init__
     asynchronous: bool
+    _inline_bytes: int
+    inline_results_used = 0  # results taken from the news rather than fetched (counted per client)
     _states: dict[Key, FutureState]
     _errors: dict[Key, BaseException]
     _aliases: dict[Key, Key]
@@ -55,10 +66,22 @@ class Results:
         if self.asynchronous:
             return self._result_async(future, timeout)
         st = future._state
+        if st.status == "pending" and st.value is None:  # wait on this thread, not the loop's
+            if not st.wait(timeout):
+                raise TimeoutError(f"future {future.key!r} did not finish within {timeout} s")
         if st.status == "cancelled":  # known here: raised even once the client is closed
             raise CancelledError(future.key)
         if st.status == "error":
             raise self._exception_of(st)
+        value = self._take_inline(st) if st.status == "finished" else None
+        if value is not None:  # it came with the news: no fetch
+            try:
+                result = deserialize(*value)
+            except Exception:  # fetched instead: the fetch reports what is wrong
+                pass
+            else:
+                self.inline_results_used += 1
+                return result
         return self._sync(self._result_async(future, timeout))
 
     async def _result_async(self, future: Future, timeout: float | None = None) -> Any:
@@ -85,18 +108,47 @@ class Results:
                 raise self._exception_of(st)
         return await self._fetch(wanted)
 
+    def _keep_inline(self, value: Any) -> tuple[str, list[bytes]] | None:
+        """An inline result (serializer name, frames) to keep, within ``INLINE_BUDGET``."""
+        if value is None:
+            return None
+        size = sum(len(f) for f in value[1])
+        if self._inline_bytes + size > INLINE_BUDGET:
+            return None
+        self._inline_bytes += size
+        return value[0], list(value[1])
+
+    def _drop_inline(self, st: FutureState) -> None:
+        self._take_inline(st)
+
+    def _take_inline(self, st: FutureState) -> tuple[str, list[bytes]] | None:
+        """The inline result of ``st``, once (None: none, or taken already)."""
+        value, st.value = st.value, None
+        if value is not None:
+            self._inline_bytes -= sum(len(f) for f in value[1])
+        return value
+
     async def _fetch(self, states: Mapping[Key, FutureState]) -> dict[Key, Any]:
-        """The values of finished keys, straight from the workers that hold them."""
+        """The values of finished keys: inline ones at once, the rest straight from the workers
+        that hold them."""
         by_worker: dict[str, list[Key]] = defaultdict(list)
         unknown = []
+        data: dict[Key, Any] = {}
         for key, st in states.items():
+            value = self._take_inline(st)
+            if value is not None:
+                try:
+                    data[key] = deserialize(*value)
+                    self.inline_results_used += 1
+                    continue
+                except Exception:  # e.g. a module missing here: a fetch reports it properly
+                    pass
             if st.who_has:
                 by_worker[st.who_has[0]].append(key)
             else:
                 unknown.append(key)
         if unknown:
             await self._locate(unknown, by_worker)
-        data: dict[Key, Any] = {}
         for attempt in range(2):
             if not by_worker:
                 break

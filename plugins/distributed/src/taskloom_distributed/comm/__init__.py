@@ -3,18 +3,22 @@
 from .handshake import HandshakeError, accept, connect_handshake, local_versions
 from .messages import Serialized, dumps, loads
 from .security import Security
-from .tcp import Comm, CommClosedError, connect, listen, parse_address
+from .tcp import Comm, CommClosedError, CommTimeoutError, connect, listen, parse_address
+from .timeouts import connect_timeout, idle_timeout
 
 __all__ = [
     "Comm",
     "CommClosedError",
+    "CommTimeoutError",
     "HandshakeError",
     "Security",
     "Serialized",
     "accept",
     "connect",
     "connect_handshake",
+    "connect_timeout",
     "dumps",
+    "idle_timeout",
     "listen",
     "loads",
     "local_versions",

@@ -1,10 +1,14 @@
 """TCP (and TLS) transport: length-prefixed frames read straight into their own buffers.
 
 Wire format of one message: an 8-byte little-endian frame count ``n``, ``n`` 8-byte frame
-lengths, then the frames.  The receiving side is an ``asyncio.BufferedProtocol``: each frame
-of a known length is read by the kernel directly into a ``bytearray`` of that length, so a large
-array is copied once (socket to its final buffer) and the buffer is writable.  Small headers are
-parsed from a reusable scratch buffer.  Sending writes each frame from its own memory.
+lengths, then the frames.  The receiving side is an ``asyncio.BufferedProtocol``: each large
+frame is read by the kernel directly into a buffer of its length (a NumPy ``uint8`` array when
+NumPy is installed: allocated without being zeroed first, see :func:`_allocate`), so a large
+array is copied once (socket to its final buffer), the buffer is writable, and the array
+unpickled from it is a view of it.  Small headers are parsed from a reusable scratch buffer.
+Sending writes each frame from its own memory, large ones in bounded chunks (never joined).
+Reads and writes may take an *idle timeout*: a peer that sends (or reads) nothing for that long
+gets its connection aborted and :class:`CommTimeoutError` (see :mod:`.timeouts`).
 
 Until a connection has authenticated (:meth:`Comm.set_authenticated`, called by the handshake)
 a message may hold only a few small frames, so an unauthenticated peer cannot make us allocate
@@ -15,6 +19,7 @@ server, so that a failed TLS handshake is logged with the peer's address.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
@@ -38,12 +43,38 @@ _BIG = 1 << 16  # frames larger than this are received in place
 _CHUNK = 1 << 18  # large frames are written in chunks, draining between them
 
 
+def _allocate(size: int) -> Any:
+    """A writable buffer of ``size`` bytes for a large frame, not zeroed first.
+
+    ``bytearray(size)`` writes zeros over the whole buffer before the socket overwrites them: for
+    a 500 MB frame that costs more than the transfer.  A NumPy ``uint8`` array is allocated
+    without being touched (and NumPy asks for huge pages), so each page is written once, by the
+    kernel, as the data arrives; a NumPy array unpickled from it is a view of it, not a copy.
+    """
+    global _empty
+    if _empty is None:
+        try:
+            import numpy
+
+            _empty = functools.partial(numpy.empty, dtype=numpy.uint8)
+        except ImportError:  # a scheduler or client without NumPy
+            _empty = bytearray
+    return _empty(size)
+
+
+_empty: Callable[[int], Any] | None = None
+
+
 class CommClosedError(ConnectionError):
     """The other side closed the connection (or it broke)."""
 
 
 class ProtocolError(CommClosedError):
     """The other side sent bytes that are not taskloom messages; the connection was closed."""
+
+
+class CommTimeoutError(CommClosedError, TimeoutError):
+    """Nothing came from the other side (or it read nothing) for too long; the connection was aborted."""
 
 
 class _FrameProtocol(asyncio.BufferedProtocol):
@@ -68,6 +99,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self._big_have = 0
         self._paused = False
         self._drain_waiters: deque[asyncio.Future[None]] = deque()
+        self.received = 0  # bytes, ever: progress, for idle timeouts
         self.max_frames = PREAUTH_MAX_FRAMES
         self.max_frame_bytes = PREAUTH_MAX_FRAME_BYTES
 
@@ -88,6 +120,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         return memoryview(self._buf)[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.received += nbytes
         if self._big is not None:
             self._big_have += nbytes
             if self._big_have == len(self._big):
@@ -126,7 +159,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
                 continue
             size = self._lengths[len(self._frames)]
             if size > _BIG:  # take what has arrived, receive the rest in place
-                frame = bytearray(size)
+                frame = _allocate(size)
                 got = min(avail, size)
                 frame[:got] = buf[self._start : self._start + got]
                 self._start += got
@@ -192,21 +225,43 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         if w is not None and not w.done():
             w.set_result(None)
 
-    async def read_frames(self) -> list[bytearray]:
+    async def read_frames(self, idle_timeout: float | None = None) -> list[Any]:
+        """The next message; :class:`_Idle` if no byte arrives for ``idle_timeout`` seconds."""
         while not self._messages:
             if self._closed is not None:
                 raise self._closed_error()
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
+            if self._waiter is None or self._waiter.done():
+                self._waiter = asyncio.get_running_loop().create_future()
+            if idle_timeout is None:
+                await self._waiter
+                continue
+            before = self.received
+            await asyncio.wait((self._waiter,), timeout=idle_timeout)
+            if not self._waiter.done() and self.received == before:
+                raise _Idle("received nothing")
         return self._messages.popleft()
 
-    async def drain(self) -> None:
+    async def drain(self, idle_timeout: float | None = None) -> None:
+        """Wait while the transport's buffer is full; :class:`_Idle` if the peer reads nothing
+        for ``idle_timeout`` seconds."""
         if self._closed is not None:
             raise self._closed_error()
         if self._paused:
             w = asyncio.get_running_loop().create_future()
             self._drain_waiters.append(w)
-            await w
+            if idle_timeout is None:
+                await w
+            else:
+                await asyncio.wait((w,), timeout=idle_timeout)
+                if not w.done():
+                    self._drain_waiters.remove(w)
+                    w.cancel()
+                    raise _Idle("it read nothing")
+                w.result()
+
+
+class _Idle(Exception):
+    """No progress on a connection within its idle timeout (becomes :class:`CommTimeoutError`)."""
 
 
 class Comm:
@@ -231,14 +286,36 @@ class Comm:
         self.protocol.max_frames = MAX_FRAMES
         self.protocol.max_frame_bytes = MAX_FRAME_BYTES
 
-    async def read_frames(self) -> list[bytearray]:
-        return await self.protocol.read_frames()
+    async def read_frames(self, idle_timeout: float | None = None) -> list[Any]:
+        """The next message as frames.
 
-    async def read(self) -> Any:
+        ``idle_timeout``: give up when no byte arrives for that many seconds (a message that
+        keeps arriving, however slowly, is waited for): the connection, now in the middle of a
+        message, is aborted and :class:`CommTimeoutError` raised.
+        """
+        try:
+            return await self.protocol.read_frames(idle_timeout)
+        except _Idle:
+            self.abort()
+            raise CommTimeoutError(
+                f"no data from {self.peer} for {idle_timeout:g} s; connection aborted"
+            ) from None
+
+    async def read(self, idle_timeout: float | None = None) -> Any:
         """The next message (pickled values are unpickled only once the peer has authenticated)."""
-        return loads(await self.protocol.read_frames(), unpickle=self.unpickle)
+        return loads(await self.read_frames(idle_timeout), unpickle=self.unpickle)
 
-    async def write_frames(self, frames: list[Any]) -> int:
+    async def write_frames(self, frames: list[Any], idle_timeout: float | None = None) -> int:
+        """Send one message; ``idle_timeout`` as for :meth:`read_frames`, when the peer reads nothing."""
+        try:
+            return await self._write_frames(frames, idle_timeout)
+        except _Idle:
+            self.abort()
+            raise CommTimeoutError(
+                f"{self.peer} read nothing for {idle_timeout:g} s; connection aborted"
+            ) from None
+
+    async def _write_frames(self, frames: list[Any], idle_timeout: float | None) -> int:
         header = _U64.pack(len(frames)) + struct.pack(
             f"<{len(frames)}Q", *(memoryview(f).nbytes for f in frames)
         )
@@ -259,14 +336,14 @@ class Comm:
                 # bounded chunks so a large frame costs one copy, not a quadratic shuffle
                 for offset in range(0, view.nbytes, _CHUNK):
                     self.transport.write(view[offset : offset + _CHUNK])
-                    await self.protocol.drain()
+                    await self.protocol.drain(idle_timeout)
             if small:
                 self.transport.write(b"".join(small))
-            await self.protocol.drain()
+            await self.protocol.drain(idle_timeout)
         return sum(memoryview(f).nbytes for f in frames)
 
-    async def write(self, msg: Any) -> int:
-        return await self.write_frames(dumps(msg))
+    async def write(self, msg: Any, idle_timeout: float | None = None) -> int:
+        return await self.write_frames(dumps(msg), idle_timeout)
 
     def close(self) -> None:
         if not self.transport.is_closing():

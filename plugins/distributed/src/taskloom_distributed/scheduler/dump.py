@@ -25,10 +25,15 @@ if TYPE_CHECKING:
 DUMP_VERSION = 1
 
 
+def _state(ts: TaskState) -> str:
+    """``waiting`` for a task claimed ahead on a worker (``processing_on``) whose inputs are not done."""
+    return "waiting" if ts.state == "processing" and ts.waiting_on else ts.state
+
+
 def _task(ts: TaskState) -> dict[str, Any]:
     out: dict[str, Any] = {
         "key": repr(ts.key),
-        "state": ts.state,
+        "state": _state(ts),
         "priority": list(ts.priority),
         "dependencies": sorted(repr(d.key) for d in ts.dependencies),
         "waiting_on": sorted(repr(d.key) for d in ts.waiting_on),
@@ -65,7 +70,7 @@ def scheduler_state(scheduler: Scheduler) -> dict[str, Any]:
     for ts in st.tasks.values():
         entry = _task(ts)
         tasks.append(entry)
-        by_state.setdefault(ts.state, []).append(entry["key"])
+        by_state.setdefault(entry["state"], []).append(entry["key"])
     info = scheduler.info()
     for address, ws in st.workers.items():
         info["workers"][address].update(

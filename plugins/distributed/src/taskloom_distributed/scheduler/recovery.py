@@ -57,8 +57,8 @@ def remove_worker(
     ws.nbytes = 0
     culprits: list[TaskState] = []
     if not expected and rerun:
-        if executing is None:
-            culprits = rerun
+        if executing is None:  # claimed tasks still waiting for their inputs there never ran
+            culprits = [ts for ts in rerun if not ts.waiting_on]
         else:
             digests = set(executing)
             culprits = [ts for ts in rerun if key_digest(ts.key) in digests]

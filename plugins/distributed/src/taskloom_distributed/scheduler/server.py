@@ -60,6 +60,7 @@ class Scheduler:
         self.watchdog = Watchdog(self)  # warns of stalls (distributed.scheduler.stall_timeout)
         self.stealer = Stealer(self)  # queued tasks move to idle workers (workers that joined)
         self.streams: dict[tuple[str, Any], BatchedSend] = {}
+        self._last_free: dict[tuple[str, Any], dict[str, Any]] = {}  # see _send
         self.server: asyncio.Server | None = None
         self.address = ""
         self.closed = asyncio.Event()
@@ -122,13 +123,23 @@ class Scheduler:
             comm.close()
 
     def _send(self, msgs: Messages) -> None:
+        """Queue ``msgs`` on their recipients' streams; ``free-keys`` right after ``free-keys``
+        on a stream (not yet written) join it: one message per write, not one per key."""
         for recipient, msg in msgs:
             stream = self.streams.get(recipient)
-            if stream is not None:
-                try:
-                    stream.send(msg)
-                except CommClosedError:
-                    pass
+            if stream is None:
+                continue
+            if msg["op"] == "free-keys":
+                last = self._last_free.get(recipient)
+                buffer = stream.buffer
+                if last is not None and buffer and buffer[-1] is last:
+                    last["keys"].extend(msg["keys"])
+                    continue
+                msg = self._last_free[recipient] = {"op": "free-keys", "keys": list(msg["keys"])}
+            try:
+                stream.send(msg)
+            except CommClosedError:
+                pass
 
     async def _worker_stream(self, comm: Comm, msg: dict[str, Any]) -> None:
         address = msg["address"]
@@ -171,7 +182,12 @@ class Scheduler:
         if op == "task-finished":
             self._send(
                 st.task_finished(
-                    address, m["key"], m.get("nbytes", 0), m.get("type", ""), m.get("duration", 0.0)
+                    address,
+                    m["key"],
+                    m.get("nbytes", 0),
+                    m.get("type", ""),
+                    m.get("duration", 0.0),
+                    m.get("value"),
                 )
             )
         elif op == "task-erred":
@@ -211,6 +227,7 @@ class Scheduler:
             pass
         finally:
             self.streams.pop(("client", client), None)
+            self._last_free.pop(("client", client), None)
             await stream.close()
             self._send(self.state.remove_client(client))
             self._forget_client_configs(client)

@@ -13,8 +13,20 @@ worker) -> ``memory`` (held by one or more workers) or ``erred``; a task nobody 
 held, the tasks it came from stay known (``released``) so that it can be recomputed if its
 worker dies.  A ready task goes to the running worker with the smallest estimated start time:
 bytes of its inputs that would have to move there divided by the bandwidth, plus the work
-already queued there per thread.  Task specifications and results stay opaque ``Serialized``
-frames here: the scheduler never unpickles user data.
+already queued there per thread.
+
+*Claims*: when a task goes to a worker, a waiting dependent whose every unfinished input is
+processing on that same worker (and which has at most ``CLAIM_MAX_DEPS`` inputs) goes there
+too, at once, and so on downstream: the worker runs it as soon as its local inputs are done,
+with no round trip through the scheduler (a chain runs at the worker's pace).  A claimed task
+is ``processing`` with a non-empty ``waiting_on``.  Each task pulls at most ``nthreads``
+dependents ahead with it, so a fan-out is still spread over the workers when its input is done.
+If an input of a claimed task is sent elsewhere (rescheduled, stolen), fails, or the claimed
+task is no longer wanted, the claim is withdrawn (``free-keys`` to its worker); a claimed task
+on a worker that dies is rescheduled like any other task processing there.
+
+Task specifications and results stay opaque ``Serialized`` frames here: the scheduler never
+unpickles user data.
 """
 
 from __future__ import annotations
@@ -32,8 +44,11 @@ Recipient = tuple[str, Any]
 Messages = list[tuple[Recipient, dict[str, Any]]]
 
 BANDWIDTH = 500e6  # bytes/s assumed between workers, for placement
+TRANSFER_LATENCY = 0.0005  # seconds a transfer from a peer costs whatever its size, for placement
 DEFAULT_DURATION = 0.005  # seconds assumed for a task before any has been measured
 EVENTS_KEPT = 10_000  # notable events (workers joining, leaving, retiring, stalls) remembered
+CLAIM_MAX_DEPS = 8  # a task with more inputs than this is never claimed ahead (a reduction over many)
+INLINE_MAX_KEYS = 16  # a submission wanting more keys has its results fetched in bulk, not inline
 
 
 @attrs.define(eq=False, repr=False)
@@ -57,6 +72,8 @@ class TaskState:
     retries: int = 0
     observers: set[Any] = attrs.Factory(set)  # clients that want every state change (diagnostics)
     deaths: list[dict[str, Any]] = attrs.Factory(list)  # workers that died while running it
+    claims: int = 0  # dependents claimed ahead onto the worker running it (see the module docstring)
+    inline: bool = False  # its small result goes to the clients with the news it is done
 
     def __repr__(self) -> str:
         return f"<TaskState {self.key!r} {self.state}>"
@@ -153,9 +170,12 @@ class SchedulerState:
                 ts.dependencies.add(dep)
                 dep.dependents.add(ts)
         wanted = self.clients.setdefault(client, set())
+        keys = list(keys)
+        inline = len(keys) <= INLINE_MAX_KEYS  # a few results: each comes with its news
         for key in keys:
             ts = self.tasks[key]
             ts.who_wants.add(client)
+            ts.inline = ts.inline or inline
             wanted.add(ts)
         roots = sum(1 for ts in new if not ts.dependencies)
         threads = sum(ws.nthreads for ws in self.running.values())
@@ -207,10 +227,16 @@ class SchedulerState:
         ts.waiting_on = {d for d in ts.dependencies if d.state != "memory"}
         if ts.waiting_on:
             ts.state = "waiting"
+            ws = self._claimer(ts)
+            if ws is not None:
+                self._claim(ts, ws, out)
         else:
             self._ready(ts, out)
 
     def _ready(self, ts: TaskState, out: Messages) -> None:
+        if ts.dependents:  # claimed ahead where it was sent before: withdrawn, maybe claimed again below
+            self.withdraw_claims(ts, out)
+        ts.claims = 0
         ws = self.decide_worker(ts)
         if ws is None:
             ts.state = "waiting"
@@ -221,6 +247,70 @@ class SchedulerState:
         ts.processing_on = ws
         ws.processing.add(ts)
         out.append((("worker", ws.address), self._compute_msg(ts)))
+        if ts.dependents:
+            self._claim_downstream(ts, ws, out)
+
+    # -- claims ----------------------------------------------------------------------------------
+    def _claimer(self, ts: TaskState) -> WorkerInfo | None:
+        """The worker that may run waiting ``ts`` ahead: every unfinished input processes there."""
+        if ts.state != "waiting" or not ts.waiting_on or len(ts.dependencies) > CLAIM_MAX_DEPS:
+            return None
+        ws = None
+        for dep in ts.waiting_on:
+            w = dep.processing_on
+            if w is None or (ws is not None and w is not ws) or dep.claims >= w.nthreads:
+                return None
+            ws = w
+        if ws is None or self.running.get(ws.address) is not ws:
+            return None
+        return ws
+
+    def _claim(self, ts: TaskState, ws: WorkerInfo, out: Messages) -> None:
+        """Send waiting ``ts`` to ``ws`` ahead of its inputs there, and its dependents that can follow."""
+        self._claim_one(ts, ws, out)
+        if ts.dependents:
+            self._claim_downstream(ts, ws, out)
+
+    def _claim_one(self, ts: TaskState, ws: WorkerInfo, out: Messages) -> None:
+        for dep in ts.waiting_on:
+            dep.claims += 1
+        if ts.dependents:  # claimed on it when it was sent before: they follow it afresh
+            self.withdraw_claims(ts, out)
+        ts.state = "processing"
+        ts.processing_on = ws
+        ws.processing.add(ts)
+        out.append((("worker", ws.address), self._compute_msg(ts)))
+
+    def _claim_downstream(self, ts: TaskState, ws: WorkerInfo, out: Messages) -> None:
+        """The waiting dependents of ``ts`` (processing on ``ws``) that can follow it there, and theirs."""
+        stack = [ts]
+        while stack:
+            for d in stack.pop().dependents:
+                if d.state == "waiting" and self._claimer(d) is ws:
+                    self._claim_one(d, ws, out)
+                    if d.dependents:
+                        stack.append(d)
+
+    def withdraw_claims(self, ts: TaskState, out: Messages) -> None:
+        """The dependents claimed ahead on ``ts`` (and downstream of them) go back to waiting:
+        ``ts`` is about to run elsewhere, or again."""
+        ts.claims = 0
+        stack = [ts]
+        while stack:
+            t = stack.pop()
+            for d in t.dependents:
+                if d.state == "processing" and t in d.waiting_on:
+                    self._unclaim(d, out)
+                    d.state = "waiting"
+                    stack.append(d)
+
+    def _unclaim(self, ts: TaskState, out: Messages) -> None:
+        ws = ts.processing_on
+        if ws is not None:
+            ws.processing.discard(ts)
+            out.append((("worker", ws.address), {"op": "free-keys", "keys": [ts.key]}))
+        ts.processing_on = None
+        ts.claims = 0
 
     def decide_worker(self, ts: TaskState) -> WorkerInfo | None:
         """The running worker where ``ts`` would start soonest (input transfer + queued work)."""
@@ -240,14 +330,23 @@ class SchedulerState:
             candidates = holders | {min(self.running.values(), key=lambda w: len(w.processing) / w.nthreads)}
         best, best_cost = None, float("inf")
         for ws in candidates:
-            missing = sum(dep.nbytes for dep in ts.dependencies if ws not in dep.who_has)
-            cost = missing / BANDWIDTH + len(ws.processing) / ws.nthreads * self.mean_duration
+            missing = 0
+            transfers = 0
+            for dep in ts.dependencies:
+                if ws not in dep.who_has:
+                    missing += dep.nbytes
+                    transfers += 1
+            cost = (
+                missing / BANDWIDTH
+                + transfers * TRANSFER_LATENCY
+                + len(ws.processing) / ws.nthreads * self.mean_duration
+            )
             if cost < best_cost:
                 best, best_cost = ws, cost
         return best
 
     def _compute_msg(self, ts: TaskState) -> dict[str, Any]:
-        return {
+        msg = {
             "op": "compute-task",
             "key": ts.key,
             "spec": ts.spec,
@@ -255,6 +354,9 @@ class SchedulerState:
             "who_has": {d.key: [w.address for w in d.who_has] for d in ts.dependencies},
             "nbytes": {d.key: d.nbytes for d in ts.dependencies},
         }
+        if ts.inline and ts.who_wants:  # a client waits for it: a small result comes with the news
+            msg["inline"] = True
+        return msg
 
     # -- workers -------------------------------------------------------------------------------
     def add_worker(
@@ -334,8 +436,16 @@ class SchedulerState:
 
     # -- results ---------------------------------------------------------------------------------
     def task_finished(
-        self, worker: str, key: Any, nbytes: int, type_name: str = "", duration: float = 0.0
+        self,
+        worker: str,
+        key: Any,
+        nbytes: int,
+        type_name: str = "",
+        duration: float = 0.0,
+        value: Any = None,
     ) -> Messages:
+        """``worker`` holds the result of ``key``; ``value``: the result itself, when small and
+        wanted by a client (opaque frames), passed on to the clients that want it and not kept."""
         out: Messages = []
         ts = self.tasks.get(key)
         ws = self.workers.get(worker)
@@ -363,9 +473,14 @@ class SchedulerState:
         ts.exception = ts.traceback = None
         ts.waiting_on.clear()
         self.unrunnable.discard(ts)
-        for client in ts.who_wants:
-            out.append((("client", client), self._in_memory_msg(ts)))
-        for dep in sorted(ts.dependents, key=lambda t: t.priority):
+        if ts.who_wants:
+            msg = self._in_memory_msg(ts)
+            if value is not None:
+                msg["value"] = value
+            for client in ts.who_wants:
+                out.append((("client", client), msg))
+        dependents = ts.dependents
+        for dep in sorted(dependents, key=lambda t: t.priority) if len(dependents) > 1 else dependents:
             if ts in dep.waiting_on:
                 dep.waiting_on.discard(ts)
                 if not dep.waiting_on and dep.state == "waiting":
@@ -415,9 +530,8 @@ class SchedulerState:
             t = stack.pop()
             if t.state in ("erred", "memory"):
                 continue
-            if t.processing_on is not None:
-                t.processing_on.processing.discard(t)
-                t.processing_on = None
+            if t.processing_on is not None:  # claimed ahead there: its worker drops it
+                self._unclaim(t, out)
             self.unrunnable.discard(t)
             t.state = "erred"
             t.exception, t.traceback, t.erred_on = cause.exception, cause.traceback, cause.erred_on
@@ -474,8 +588,12 @@ class SchedulerState:
         stack = [ts]
         while stack:
             t = stack.pop()
-            if t.who_wants or t.waiters or t.state == "processing":
+            if t.who_wants or t.waiters:
                 continue
+            if t.state == "processing":
+                if not t.waiting_on:  # running (or about to): it finishes, then is released
+                    continue
+                self._unclaim(t, out)  # claimed ahead, its inputs not done: it never runs
             if t.state != "released" or t.who_has:
                 for ws in t.who_has:
                     ws.has_what.discard(t)

@@ -112,8 +112,13 @@ class WorkStealing:
         ) * st.mean_duration
         while candidates:
             ts = candidates.pop(0)
-            if ts.key in self.pending or ts.processing_on is not victim or ts.key in self.started:
-                continue
+            if (
+                ts.waiting_on
+                or ts.key in self.pending
+                or ts.processing_on is not victim
+                or ts.key in self.started
+            ):
+                continue  # (waiting_on: claimed, its inputs are computed there first)
             missing = sum(d.nbytes for d in ts.dependencies if thief not in d.who_has)
             if missing / BANDWIDTH < saved / 2:
                 return ts
@@ -137,10 +142,12 @@ class WorkStealing:
             ts.waiting_on.clear()
             st.unrunnable.add(ts)
             return []
+        out: Messages = []
+        st.withdraw_claims(ts, out)  # dependents claimed ahead on the victim wait for it again
         ts.processing_on = thief
         thief.processing.add(ts)
         self.stolen += 1
-        return [(("worker", thief.address), st._compute_msg(ts))]
+        return [*out, (("worker", thief.address), st._compute_msg(ts))]
 
 
 class Stealer:

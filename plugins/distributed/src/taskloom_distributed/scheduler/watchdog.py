@@ -82,10 +82,10 @@ def stuck_tasks(st: SchedulerState, limit: int = MAX_LISTED) -> tuple[list[dict[
     processing: list[TaskState] = []
     waiting: list[TaskState] = []
     for ts in st.tasks.values():
-        if ts.state == "processing":
+        if ts.state == "processing" and not ts.waiting_on:
             processing.append(ts)
-        elif ts.state == "waiting" and ts not in st.unrunnable:
-            waiting.append(ts)
+        elif ts.state == "processing" or (ts.state == "waiting" and ts not in st.unrunnable):
+            waiting.append(ts)  # (processing: claimed ahead on a worker, its inputs not done)
     unrunnable = [ts for ts in st.unrunnable if ts.state == "waiting"]
     total = len(processing) + len(unrunnable) + len(waiting)
     chosen: list[dict[str, Any]] = []

@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -52,12 +53,15 @@ from ..batched import BatchedSend
 from ..comm import (
     Comm,
     CommClosedError,
+    CommTimeoutError,
     HandshakeError,
     Security,
     Serialized,
     accept,
     connect,
     connect_handshake,
+    connect_timeout,
+    idle_timeout,
     listen,
 )
 from ..nanny.process import nanny_link
@@ -72,7 +76,7 @@ from .memory import (
     to_serialized,
 )
 from .monitor import MemoryLimits, MemoryMonitor, spill_until_below
-from .runner import Outcome, TaskRunner
+from .runner import SKIPPED, Outcome, TaskRunner
 from .state import WorkerState
 
 logger = logging.getLogger("taskloom.distributed.worker")
@@ -80,6 +84,8 @@ logger = logging.getLogger("taskloom.distributed.worker")
 CLOSE_TIMEOUT = 5.0  # seconds a closing worker waits for running tasks before tearing down
 SHORT_TASK = 0.002  # seconds: while tasks take less (on average), a few more are queued per thread
 PREFETCH_PER_THREAD = 16  # tasks queued per thread beyond the running one while tasks are short
+STREAM_INTERVAL = 0.0005  # seconds: results finished sooner after the last write to the scheduler wait
+TRANSFER_LOG_LENGTH = 100  # incoming transfers remembered (Worker.transfer_log)
 
 
 class Worker:
@@ -147,10 +153,15 @@ class Worker:
         self.finished = asyncio.Event()  # set when close() has finished
         self.nanny = nanny_link()  # the nanny that started this process, if one did
         self.heartbeat_interval = float(tl_config.get("distributed.worker.heartbeat_interval", 0.5))
+        # a result a client waits for, up to this many bytes, travels with the task-finished report
+        self.inline_limit = int(tl_config.get("distributed.worker.inline_result_bytes", 65536) or 0)
         self.reconnect_timeout = float(tl_config.get("distributed.worker.reconnect_timeout", 10))
         self._epoch = 0  # bumped each time the worker drops everything to register afresh
         self._lost_scheduler = False
         self.events = logbuffer.event_log()  # (time, op, key(s)) of recent messages and results
+        # -- data fetch from peers (transfer records, comm timeouts): see _fetch
+        self.transfer_log: deque[dict[str, Any]] = deque(maxlen=TRANSFER_LOG_LENGTH)
+        self.runtime.worker.transfer_log = self.transfer_log  # type: ignore[attr-defined]
 
     # -- life cycle --------------------------------------------------------------------------
     async def start(self) -> Worker:
@@ -173,9 +184,10 @@ class Worker:
             self._report,
             mark=slots.acquire if slots is not None else None,
             unmark=slots.release if slots is not None else None,
+            store=self._store_input,
         )
         comm = await self._register()
-        self.stream = BatchedSend(comm)
+        self.stream = BatchedSend(comm, STREAM_INTERVAL)
         self._spawn(self._scheduler_loop(comm))
         self._spawn(self._metrics_loop())
         if self.memory_limits.monitored:
@@ -233,7 +245,7 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 1.0)
                 continue
-            self.stream = BatchedSend(comm)
+            self.stream = BatchedSend(comm, STREAM_INTERVAL)
             logger.warning("worker %s: registered again with %s", self.address, self.scheduler_address)
             return comm
         return None
@@ -407,6 +419,11 @@ class Worker:
         for ins in instructions:
             if ins[0] == "execute":
                 self._execute(ins[1])
+            elif ins[0] == "follow":
+                self._follow(ins[1], ins[2])
+            elif ins[0] == "unfollow":
+                if self.runner is not None and self.runner.unfollow(ins[1]):
+                    self._do(self.state.unfollowed(ins[1]))
             elif ins[0] == "fetch":
                 self._spawn(self._fetch(ins[1], ins[2]))
             elif ins[0] == "send" and self.stream is not None:
@@ -420,27 +437,47 @@ class Worker:
             return
         self.runner.submit(key, ts.spec, self._epoch)
 
+    def _follow(self, after: Any, key: Any) -> None:
+        ts = self.state.tasks.get(key)
+        if ts is None or self.runner is None or not self.runner.follow(after, key, ts.spec, self._epoch):
+            self._do(self.state.unfollow(key))
+
+    def _store_input(self, key: Any, value: Any, epoch: int) -> None:
+        """On a task thread: the result a follower reads, stored before the loop hears of it."""
+        if epoch == self._epoch:
+            self.state.data[key] = value
+
     def _report(self, outcomes: list[Outcome]) -> None:
         """Tasks the threads finished (on the loop): the state machine is told, then the scheduler."""
         state, stream, events = self.state, self.stream, self.events
-        mean = self._mean_duration
+        mean, inline_limit, tasks = self._mean_duration, self.inline_limit, state.tasks
         for o in outcomes:
             if o.epoch != self._epoch:  # registered afresh since: this result is nobody's any more
                 continue
+            if o.value is SKIPPED:  # a follower whose input failed: it waits to be freed
+                self._do(state.unfollow(o.key))
+                continue
             if o.ok:
                 value = o.value
-                self._do(state.executed(o.key, value))
+                self._do(state.executed(o.key, value, stored=o.stored))
                 duration = o.stop - o.start
                 mean = 0.5 * mean + 0.5 * duration
+                nbytes = _nbytes(value)
                 msg = {
                     "op": "task-finished",
                     "key": o.key,
-                    "nbytes": _nbytes(value),
+                    "nbytes": nbytes,
                     "type": type(value).__name__,
                     "duration": duration,
                     "start": o.start,
                     "stop": o.stop,
                 }
+                if nbytes <= inline_limit:
+                    ts = tasks.get(o.key)
+                    if ts is not None and ts.inline:
+                        packed = _inline_value(value, inline_limit)
+                        if packed is not None:
+                            msg["value"] = packed
             else:
                 self._do(state.executed(o.key, error=True))
                 exc, tb = o.value
@@ -505,25 +542,53 @@ class Worker:
         lock = self._peer_locks.setdefault(address, asyncio.Lock())
         async with lock:
             comm = self._peers.get(address)
-            if comm is None or comm.closed:
-                comm = await connect(address, self.client_ssl_context)
-                await connect_handshake(comm, self.auth_token, "worker", self.name)
+            if comm is None or comm.closed:  # connect and handshake within the connect timeout
+                timeout = connect_timeout()
+                deadline = time.monotonic() + timeout
+                try:
+                    comm = await connect(address, self.client_ssl_context, timeout)
+                    left = max(deadline - time.monotonic(), 0.001)
+                    await connect_handshake(comm, self.auth_token, "worker", self.name, left)
+                except (OSError, HandshakeError) as exc:
+                    if time.monotonic() < deadline - 0.01:  # refused or failed, not timed out
+                        raise
+                    raise CommTimeoutError(
+                        f"{exc} (distributed.comm.timeouts.connect = {timeout:g} s)"
+                    ) from exc
                 self._peers[address] = comm
             return comm
 
     async def _fetch(self, peer: str, keys: list[Any]) -> None:
         epoch = self._epoch
+        start = time.time()
         try:
-            data = await get_data(
-                await self._peer(peer), keys, self._peer_locks.setdefault("rpc:" + peer, asyncio.Lock())
-            )
+            comm = await self._peer(peer)
+            lock = self._peer_locks.setdefault("rpc:" + peer, asyncio.Lock())
+            timeout = idle_timeout()
+            try:
+                data = await get_data(comm, keys, lock, timeout)
+            except CommTimeoutError as exc:
+                raise CommTimeoutError(f"{exc} (distributed.comm.timeouts.idle = {timeout} s)") from exc
         except (OSError, CommClosedError, HandshakeError, KeyError) as exc:
-            self._peers.pop(peer, None)
-            if epoch == self._epoch:
-                self._do(self.state.fetch_failed(peer, keys, str(exc)))
+            stale = self._peers.pop(peer, None)
+            if stale is not None:
+                stale.abort()
+            reason = str(exc)
+            if isinstance(exc, CommTimeoutError):  # a frozen or overloaded peer
+                logger.warning("could not fetch %s from %s: %s", _keys_text(keys), peer, reason)
+            self._log_transfer(peer, keys, start, reason)
+            if epoch == self._epoch:  # the scheduler hears of it (missing-data) if no other holder
+                self._do(self.state.fetch_failed(peer, keys, reason))
             return
         if epoch == self._epoch:
             self._do(self.state.fetched(peer, data))
+        self._log_transfer(peer, keys, start, None)
+
+    def _log_transfer(self, peer: str, keys: list[Any], start: float, error: str | None) -> None:
+        """Remember a fetch (``get_worker().transfer_log``): from the request to the values stored."""
+        stop = time.time()
+        record = {"peer": peer, "keys": keys, "start": start, "stop": stop, "seconds": stop - start}
+        self.transfer_log.append({**record, "error": error})
 
     # -- serving peers and clients ---------------------------------------------------------------
     async def _handle_peer(self, comm: Comm) -> None:
@@ -534,7 +599,7 @@ class Worker:
         try:
             while True:
                 msg = await comm.read()
-                await comm.write(await self._peer_request(msg))
+                await comm.write(await self._peer_request(msg), idle_timeout())  # not to a frozen peer
         except CommClosedError:
             pass
 
@@ -710,13 +775,17 @@ class Worker:
         os._exit(MEMORY_EXIT_CODE)
 
 
-async def get_data(comm: Comm, keys: list[Any], lock: asyncio.Lock | None = None) -> dict[Any, Any]:
-    """Ask the worker on ``comm`` for ``keys``; values come back deserialized."""
+async def get_data(
+    comm: Comm, keys: list[Any], lock: asyncio.Lock | None = None, idle_timeout: float | None = None
+) -> dict[Any, Any]:
+    """Ask the worker on ``comm`` for ``keys``; values come back deserialized (arrays as views of
+    the buffers they were received into).  ``idle_timeout``: :class:`CommTimeoutError` (and the
+    connection aborted) when the peer sends nothing for that many seconds."""
     if lock is None:
         lock = asyncio.Lock()
     async with lock:
-        await comm.write({"op": "get-data", "keys": keys})
-        reply = await comm.read()
+        await comm.write({"op": "get-data", "keys": keys}, idle_timeout)
+        reply = await comm.read(idle_timeout)
     if reply["status"] == "missing":
         raise KeyError(f"{comm.peer} does not hold {reply['keys']!r}")
     if reply["status"] == "unpicklable":
@@ -726,6 +795,11 @@ async def get_data(comm: Comm, keys: list[Any], lock: asyncio.Lock | None = None
     return {k: (v.load() if isinstance(v, Serialized) else v) for k, v in reply["data"].items()}
 
 
+def _keys_text(keys: list[Any], limit: int = 3) -> str:
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -733,6 +807,19 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 def _nbytes(value: Any) -> int:
     return sizeof(value)
+
+
+def _inline_value(value: Any, limit: int) -> tuple[str, list[bytes]] | None:
+    """``value`` as (serializer name, frames) to travel inside a message, or None when it is
+    larger than ``limit`` bytes pickled or cannot be pickled (the client then fetches it, and a
+    fetch reports the pickling error with the key)."""
+    try:
+        ser = Serialized.of(value)
+    except Exception:
+        return None
+    if ser.nbytes > limit:
+        return None
+    return ser.name, [bytes(f) for f in ser.frames]
 
 
 def _pack_error(exc: BaseException) -> tuple[Any, str]:

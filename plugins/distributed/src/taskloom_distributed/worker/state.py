@@ -3,10 +3,17 @@
 Events: the scheduler asks for a task (``compute_task``), a dependency arrived from a peer
 (``fetched``) or could not be fetched (``fetch_failed``), a task finished (``executed``), keys
 were freed (``free``).  Each returns *instructions* for the server, which does the I/O:
-``("fetch", peer_address, [keys])``, ``("execute", key)`` and ``("send", message)``.  Ready
+``("fetch", peer_address, [keys])``, ``("execute", key)``, ``("follow", input_key, key)`` (run
+``key`` on the thread of ``input_key``, right after it: its only missing input, executing here;
+the runner may refuse with :meth:`WorkerState.unfollow`) and ``("send", message)``.  Ready
 tasks run highest priority first, at most ``nthreads`` at a time.  A *paused* worker (its memory
 is above the ``pause`` threshold: :meth:`WorkerState.set_paused`) starts no task and fetches
-nothing until it is resumed; tasks keep arriving and wait, ready, meanwhile.  ``data`` may be any
+nothing until it is resumed; tasks keep arriving and wait, ready, meanwhile.  A task may arrive
+before its inputs are computed *here* (the scheduler claimed it ahead, see
+:mod:`..scheduler.state`): it waits for them like for a fetch and runs as soon as they finish,
+and it is never given up to a steal request meanwhile (nor is an input a task here waits on).
+When its one missing input is executing here it *follows* it (state ``executing``, counted apart
+from the tasks that hold a thread: ``following``).  ``data`` may be any
 mutable mapping: the worker passes its spill-to-disk store (:class:`~.memory.SpillBuffer`).
 """
 
@@ -32,6 +39,7 @@ class WorkerTask:
     missing: set[Any] = attrs.Factory(set)
     dependents: set[Any] = attrs.Factory(set)
     who_has: list[str] = attrs.Factory(list)
+    inline: bool = False  # a client waits for it: a small result goes back with the news
 
 
 class WorkerState:
@@ -48,6 +56,7 @@ class WorkerState:
         self.ready: list[tuple[tuple[int, ...], int, Any]] = []  # (priority, arrival, key)
         self._arrivals = itertools.count()
         self.executing: set[Any] = set()
+        self.following: set[Any] = set()  # executing after their input on its thread (see "follow")
         # tasks handed to the threads beyond one each (queued behind the running ones): the
         # worker raises it while tasks are short, so a thread never waits for the loop between two
         self.prefetch = 0
@@ -68,6 +77,7 @@ class WorkerState:
         if ts.state in ("executing", "ready", "waiting"):
             return []
         ts.spec, ts.priority = msg["spec"], tuple(msg["priority"])
+        ts.inline = "inline" in msg
         ts.dependencies = set(msg["who_has"])
         ts.missing = {d for d in ts.dependencies if d not in self.data}
         out: Instructions = []
@@ -80,11 +90,29 @@ class WorkerState:
             if dts.state in ("new", "error"):
                 dts.state = "fetch"
         out += self._fetch([self.tasks[dep] for dep in ts.missing])
-        if ts.missing:
-            ts.state = "waiting"
-        else:
+        if not ts.missing:
             self._make_ready(ts)
+            return out + self._schedule()
+        ts.state = "waiting"
+        if len(ts.missing) == 1 and not self.paused:
+            (dep,) = ts.missing
+            dts = self.tasks.get(dep)
+            if dts is not None and dts.state == "executing":
+                ts.state = "executing"
+                self.following.add(key)
+                out.append(("follow", dep, key))
         return out + self._schedule()
+
+    def unfollow(self, key: Any) -> Instructions:
+        """``key`` did not follow its input after all (the input had finished, or failed): it waits
+        for it as before (made ready when its report arrives; freed by the scheduler after a failure)."""
+        ts = self.tasks.get(key)
+        self.following.discard(key)
+        if ts is not None and ts.state == "executing" and key not in self.executing:
+            ts.state = "waiting"
+            if not ts.missing:
+                self._make_ready(ts)
+        return self._schedule()
 
     def _fetch(self, deps: list[WorkerTask]) -> Instructions:
         """Fetch instructions for the dependencies in state ``fetch`` (none while paused)."""
@@ -138,9 +166,10 @@ class WorkerState:
         return out + self._fetch(wanted)
 
     def steal(self, key: Any) -> Instructions:
-        """The scheduler would move ``key`` to another worker: dropped if it has not started here."""
+        """The scheduler would move ``key`` to another worker: dropped if it has not started here,
+        waits for no input computed here and no task here waits for it."""
         ts = self.tasks.get(key)
-        stolen = ts is not None and ts.state in ("ready", "waiting")
+        stolen = ts is not None and ts.state in ("ready", "waiting") and not self._bound_here(ts)
         if stolen and ts is not None:
             del self.tasks[key]  # its entry in the ready heap is skipped when it comes up
             for dep in ts.dependencies:
@@ -151,6 +180,18 @@ class WorkerState:
                         del self.tasks[dep]
         state = ts.state if ts is not None else "released"
         return [("send", {"op": "steal-response", "key": key, "stolen": stolen, "state": state})]
+
+    def _bound_here(self, ts: WorkerTask) -> bool:
+        tasks = self.tasks
+        for dep in ts.missing:
+            dts = tasks.get(dep)
+            if dts is not None and dts.state in ("waiting", "ready", "executing"):
+                return True
+        for key in ts.dependents:
+            dependent = tasks.get(key)
+            if dependent is not None and ts.key in dependent.missing:
+                return True
+        return False
 
     def _pick_peer(self, dts: WorkerTask) -> str | None:
         peers = [p for p in dts.who_has if p != self.address]
@@ -214,21 +255,50 @@ class WorkerState:
                 )
         return out
 
-    def executed(self, key: Any, value: Any = None, error: bool = False) -> Instructions:
+    def executed(
+        self, key: Any, value: Any = None, error: bool = False, stored: bool = False
+    ) -> Instructions:
+        """A task finished here; tasks claimed ahead that waited only for it are ready now (after
+        a failure they wait until the scheduler frees them)."""
         self.executing.discard(key)
+        self.following.discard(key)
         ts = self.tasks.get(key)
         if ts is not None:
             ts.state = "error" if error else "memory"
             if not error:
-                self.data[key] = value
+                if not stored:  # a follower's input is stored by the runner already
+                    self.data[key] = value
+                if ts.dependents:
+                    tasks = self.tasks
+                    for dependent in ts.dependents:
+                        dts = tasks.get(dependent)
+                        if dts is not None and key in dts.missing:
+                            dts.missing.discard(key)
+                            if not dts.missing and dts.state == "waiting":
+                                self._make_ready(dts)
+                    ts.dependents.clear()
         return self._schedule()
 
     def free(self, keys: list[Any]) -> Instructions:
+        """Drop ``keys``; a task executing finishes first (and is freed again once reported),
+        one that follows its input is taken back from the runner (``("unfollow", key)``): if it
+        has started there, it finishes the same way."""
+        out: Instructions = []
         for key in keys:
             ts = self.tasks.get(key)
             if ts is not None and ts.state == "executing":
+                if key in self.following:
+                    out.append(("unfollow", key))
                 continue  # it finishes, is reported, and the scheduler frees it again
             if key in self.data:  # not pop(): that would read a spilled value back from disk
                 del self.data[key]
             self.tasks.pop(key, None)
-        return self._schedule()
+        return out + self._schedule()
+
+    def unfollowed(self, key: Any) -> Instructions:
+        """The runner gave follower ``key`` back before it started (it was freed): dropped."""
+        self.following.discard(key)
+        ts = self.tasks.get(key)
+        if ts is not None and ts.state == "executing" and key not in self.executing:
+            del self.tasks[key]
+        return []
