@@ -261,6 +261,10 @@ class Client(KeyRefs, Results, WorkerCalls, ClusterAdmin):
                 fut.set_result(msg)
         elif op == "task-event":
             self._task_event(msg)
+        elif op == "task-retried":  # failed, and now running again (client.retry): pending again
+            st = self._states.get(msg["key"])
+            if st is not None and msg["key"] not in self._releasing:
+                st.reset()
         elif op == "lost-data":  # its only holder died; it is being recomputed: pending again
             st = self._states.get(msg["key"])
             if st is not None and st.status == "finished":
@@ -290,22 +294,29 @@ class Client(KeyRefs, Results, WorkerCalls, ClusterAdmin):
     # -- submitting ---------------------------------------------------------------------------------
     def submit(
         self, func: Callable[..., Any], *args: Any, key: Key | None = None, pure: bool = True,
-        retries: int = 0, **kwargs: Any,
+        retries: int = 0, workers: Any = None, allow_other_workers: bool = False, **kwargs: Any,
     ) -> Future:  # fmt: skip
         """Run ``func(*args, **kwargs)`` on the cluster; Futures among the arguments are their values.
 
         ``key`` names the task (default: the function's name and a hash of the call when
-        ``pure``, else a random one); ``retries`` runs it again that many times if it raises.
+        ``pure``, else a random one); ``retries`` runs it again that many times if it raises;
+        ``workers`` (an address or a worker name, or a list of them) restricts it to those workers
+        (it waits while none of them is there), a preference only with ``allow_other_workers``.
         """
-        return self._submit(func, args, kwargs, key=key, pure=pure, retries=retries)
+        return self._submit(
+            func, args, kwargs, key=key, pure=pure, retries=retries,
+            workers=workers, allow_other_workers=allow_other_workers,
+        )  # fmt: skip
 
     def _submit(
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any],
-        key: Key | None = None, pure: bool = True, retries: int = 0,
+        key: Key | None = None, pure: bool = True, retries: int = 0, workers: Any = None,
+        allow_other_workers: bool = False,
     ) -> Future:  # fmt: skip
         if not callable(func):
             raise TypeError(f"submit needs a callable first, got {type(func).__name__}")
         self._check_running()
+        where = _restrictions(workers, allow_other_workers)
         if key is None:
             key = _key(func, self._call_token(func, kwargs) if pure else None, args)
         deps: set[Key] = set()
@@ -318,23 +329,28 @@ class Client(KeyRefs, Results, WorkerCalls, ClusterAdmin):
         new: set[Key] = set()
         [future] = self._futures([key], new)
         if new:  # a key this client holds already is computed (or being computed) once
-            self._send_graph({key: (spec, sorted(deps, key=repr))}, [key], {key: 0}, retries)
+            self._send_graph({key: (spec, sorted(deps, key=repr))}, [key], {key: 0}, retries, where)
         return future
 
     def map(
         self, func: Callable[..., Any], *iterables: Iterable[Any], key: Any = None, pure: bool = True,
-        retries: int = 0, **kwargs: Any,
+        retries: int = 0, workers: Any = None, allow_other_workers: bool = False, **kwargs: Any,
     ) -> list[Future]:  # fmt: skip
         """``submit`` for each element (or zipped elements); one message for all of them."""
-        return self._map(func, iterables, kwargs, key=key, pure=pure, retries=retries)
+        return self._map(
+            func, iterables, kwargs, key=key, pure=pure, retries=retries,
+            workers=workers, allow_other_workers=allow_other_workers,
+        )  # fmt: skip
 
     def _map(
         self, func: Callable[..., Any], iterables: tuple[Iterable[Any], ...], kwargs: Mapping[str, Any],
-        key: Any = None, pure: bool = True, retries: int = 0,
+        key: Any = None, pure: bool = True, retries: int = 0, workers: Any = None,
+        allow_other_workers: bool = False,
     ) -> list[Future]:  # fmt: skip
         if not callable(func):
             raise TypeError(f"map needs a callable first, got {type(func).__name__}")
         self._check_running()
+        where = _restrictions(workers, allow_other_workers)
         kw_deps: set[Key] = set()
         kwargs = {k: replace_futures(v, kw_deps, self) for k, v in kwargs.items()}
         base = self._call_token(func, kwargs) if pure else None
@@ -357,7 +373,7 @@ class Client(KeyRefs, Results, WorkerCalls, ClusterAdmin):
         if len(new) < len(tasks):
             tasks = {k: v for k, v in tasks.items() if k in new}
         if tasks:
-            self._send_graph(tasks, list(tasks), {k: i for i, k in enumerate(tasks)}, retries)
+            self._send_graph(tasks, list(tasks), {k: i for i, k in enumerate(tasks)}, retries, where)
         return futures
 
     def _call_token(self, func: Callable[..., Any], kwargs: Mapping[str, Any]) -> str:
@@ -371,8 +387,9 @@ class Client(KeyRefs, Results, WorkerCalls, ClusterAdmin):
         return token
 
     def _send_graph(
-        self, tasks: Mapping[Key, Any], keys: list[Key], priorities: dict[Key, int], retries: int = 0
-    ) -> None:
+        self, tasks: Mapping[Key, Any], keys: list[Key], priorities: dict[Key, int], retries: int = 0,
+        where: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         self._check_running()
         events = task_events()
         self._events = events if events.active else None
@@ -385,12 +402,14 @@ class Client(KeyRefs, Results, WorkerCalls, ClusterAdmin):
                 "priorities": priorities,
                 "retries": retries,
                 "observe": events.active,
+                **(where or {}),
             }
         )
 
     def _submit_graph(
-        self, graph: Mapping[Key, Any], keys: list[Key], retries: int = 0, private: bool = False
-    ) -> list[Future]:
+        self, graph: Mapping[Key, Any], keys: list[Key], retries: int = 0, private: bool = False,
+        where: dict[str, Any] | None = None,
+    ) -> list[Future]:  # fmt: skip
         """Validate, order and submit a task graph; one Future per requested key.
 
         ``private``: the graph's keys get a per-call prefix on the cluster, so a ``get`` never
@@ -428,7 +447,7 @@ class Client(KeyRefs, Results, WorkerCalls, ClusterAdmin):
         priorities = {names.get(k, k): i for i, k in enumerate((*p.literals, *p.order))}
         wanted = [names.get(k, k) for k in keys]
         futures = self._futures(wanted)
-        self._send_graph(tasks, list(dict.fromkeys(wanted)), priorities, retries)
+        self._send_graph(tasks, list(dict.fromkeys(wanted)), priorities, retries, where)
         return futures
 
     def get(self, graph: Mapping[Key, Any], keys: Any, retries: int = 0, **kwargs: Any) -> Any:
@@ -451,32 +470,63 @@ class Client(KeyRefs, Results, WorkerCalls, ClusterAdmin):
             return values[futures[0].key]
         return pack_results(keys, {k: values[f.key] for k, f in zip(flat, futures)})
 
-    def compute(self, collections: Any, retries: int = 0) -> Any:
-        """Start computing collection(s); a Future per collection (a list for a list)."""
+    def compute(
+        self, collections: Any, retries: int = 0, workers: Any = None, allow_other_workers: bool = False
+    ) -> Any:
+        """Start computing collection(s); a Future per collection (a list for a list).
+
+        ``workers``/``allow_other_workers`` restrict every task of the graphs, as in ``submit``.
+        """
+        where = _restrictions(workers, allow_other_workers)
         single = not isinstance(collections, (list, tuple))
         colls = [collections] if single else list(collections)
         out = []
         for c in colls:
             keys = flatten_keys(c.__taskloom_keys__())
-            futures = self._submit_graph(c.__taskloom_graph__(), keys, retries)
+            futures = self._submit_graph(c.__taskloom_graph__(), keys, retries, where=where)
             out.append(futures[0] if len(futures) == 1 else futures)
         return out[0] if single else out
 
-    def persist(self, collections: Any, retries: int = 0) -> Any:
-        """Compute collection(s) on the cluster and return collections backed by the results there."""
+    def persist(
+        self, collections: Any, retries: int = 0, workers: Any = None, allow_other_workers: bool = False
+    ) -> Any:
+        """Compute collection(s) on the cluster and return collections backed by the results there
+        (``workers``/``allow_other_workers`` as in ``compute``)."""
         from taskloom.delayed import Delayed
 
+        where = _restrictions(workers, allow_other_workers)
         single = not isinstance(collections, (list, tuple))
         colls = [collections] if single else list(collections)
         out: list[Any] = []
         for c in colls:
             keys = flatten_keys(c.__taskloom_keys__())
-            futures = self._submit_graph(c.__taskloom_graph__(), keys, retries)
+            futures = self._submit_graph(c.__taskloom_graph__(), keys, retries, where=where)
             if isinstance(c, Delayed) and len(futures) == 1:
                 out.append(Delayed(c.key, futures[0], (), c._length))
             else:
                 out.append(futures)
         return out[0] if single else out
+
+    def retry(self, futures: Any) -> Any:
+        """Run failed futures (a Future or a nesting of them) again, in place: the same keys and
+        Future objects, pending again until the new outcome; the failed tasks upstream that
+        caused their errors run again too, and so do the failed dependents that inherited them
+        (their futures, of any client, are pending again).  A future that did not fail is left
+        as it is.  Returns once the scheduler took the request (an awaitable when asynchronous).
+        """
+        flat: list[Future] = []
+        collect_futures(futures, flat)
+        keys = []
+        with self._lock:
+            for f in flat:
+                if f._state.status == "error" and self._states.get(f.key) is f._state:
+                    f._state.reset()  # pending from now: result() waits for the new run
+                    keys.append(f.key)
+        return self._sync(self._retry(list(dict.fromkeys(keys))))
+
+    async def _retry(self, keys: list[Key]) -> None:
+        if keys:
+            await self._request("retry", keys=keys)
 
     def get_executor(self, **submit_kwargs: Any) -> Any:
         """A :class:`concurrent.futures.Executor` that runs calls on this client's cluster.
@@ -750,6 +800,23 @@ class Client(KeyRefs, Results, WorkerCalls, ClusterAdmin):
 
 
 _PLAIN = frozenset((int, float, str, bytes, bool, type(None)))
+
+
+def _restrictions(workers: Any, allow_other_workers: bool) -> dict[str, Any] | None:
+    """The ``workers=`` of a submission as sent to the scheduler (None: unrestricted)."""
+    if workers is None:
+        if allow_other_workers:
+            raise ValueError("allow_other_workers=True needs workers= (the workers to prefer)")
+        return None
+    names = [workers] if isinstance(workers, str) else workers
+    try:
+        names = list(names)
+    except TypeError:
+        names = [names]
+    bad = [w for w in names if not isinstance(w, str)]
+    if bad or not names:
+        raise TypeError(f"workers= takes a worker address or name, or a list of them; got {workers!r}")
+    return {"workers": names, "allow_other_workers": bool(allow_other_workers)}
 
 
 def _key(func: Callable[..., Any], token: str | None, args: tuple[Any, ...]) -> str:

@@ -98,6 +98,16 @@ class FutureState:
     def cancel(self) -> None:
         self._set("cancelled")
 
+    def reset(self) -> None:
+        """A failed key runs again (``retry``): pending, its error forgotten."""
+        with self.lock:
+            if self.status != "error":
+                return
+            self.status = "pending"
+            self.exception = self.traceback = self.cause = None
+            if self.event is not None:
+                self.event.clear()
+
     def done(self) -> bool:
         return self.status != "pending"
 
@@ -283,6 +293,11 @@ class Future:
         """Mark the future cancelled and release its task on the cluster (unless other futures
         of this client still hold the key).  ``result()`` then raises :class:`CancelledError`."""
         self.client.cancel([self])
+
+    def retry(self) -> Any:
+        """Run this failed task again, in place (see :meth:`Client.retry`): this future is
+        pending until the new outcome; a future that did not fail is left as it is."""
+        return self.client.retry([self])
 
     def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
         """Call ``fn(self)`` on the client's callback thread when the future is done (at once if

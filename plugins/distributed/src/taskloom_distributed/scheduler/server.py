@@ -245,6 +245,8 @@ class Scheduler:
                         m.get("priorities"),
                         m.get("retries", 0),
                         m.get("observe", False),
+                        m.get("workers"),
+                        m.get("allow_other_workers", False),
                     )
                 )
             except KeyError as exc:
@@ -270,6 +272,9 @@ class Scheduler:
             if m.get("wait") and m.get("keys") is not None:  # a client whose fetch failed
                 await self.lifecycle.located(m["keys"], m.get("exclude") or ())
             return st.who_has(m.get("keys"))
+        if op == "retry":
+            self._send(st.retry(m["keys"]))
+            return True
         if op == "has-what":
             return st.has_what()
         if op == "scheduler-info":

@@ -25,6 +25,12 @@ If an input of a claimed task is sent elsewhere (rescheduled, stolen), fails, or
 task is no longer wanted, the claim is withdrawn (``free-keys`` to its worker); a claimed task
 on a worker that dies is rescheduled like any other task processing there.
 
+*Restrictions* (``workers=`` of a submission): a restricted task goes only to a running worker
+it names (by address or name) and is claimed only there; while there is none it waits in
+``unrunnable`` until one joins.  With ``allow_other_workers`` the named workers are preferred.
+*Retry* (:meth:`SchedulerState.retry`): failed tasks, their failed causes upstream and the
+dependents that inherited their errors, are released and run again under the same keys.
+
 Task specifications and results stay opaque ``Serialized`` frames here: the scheduler never
 unpickles user data.
 """
@@ -32,6 +38,7 @@ unpickles user data.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -39,6 +46,8 @@ from typing import Any
 import attrs
 
 from . import recovery
+
+logger = logging.getLogger("taskloom.distributed.scheduler")
 
 Recipient = tuple[str, Any]
 Messages = list[tuple[Recipient, dict[str, Any]]]
@@ -74,6 +83,9 @@ class TaskState:
     deaths: list[dict[str, Any]] = attrs.Factory(list)  # workers that died while running it
     claims: int = 0  # dependents claimed ahead onto the worker running it (see the module docstring)
     inline: bool = False  # its small result goes to the clients with the news it is done
+    # worker restrictions: addresses or names it may run on (None: any); ``loose``: only a preference
+    restrictions: frozenset[str] | None = None
+    loose: bool = False
 
     def __repr__(self) -> str:
         return f"<TaskState {self.key!r} {self.state}>"
@@ -141,8 +153,15 @@ class SchedulerState:
         priorities: dict[Any, int] | None = None,
         retries: int = 0,
         observe: bool = False,
+        workers: Iterable[str] | None = None,
+        allow_other_workers: bool = False,
     ) -> Messages:
-        """A client submits ``tasks`` (key -> (spec, dependency keys)) and wants ``keys``."""
+        """A client submits ``tasks`` (key -> (spec, dependency keys)) and wants ``keys``.
+
+        ``workers``: addresses or names of the workers the submitted tasks may run on (None: any);
+        with ``allow_other_workers`` they are a preference only.  A restriction naming no known
+        worker is accepted (its tasks wait for such a worker to join) and logged as a warning.
+        """
         out: Messages = []
         gen = next(self.generation)
         priorities = priorities or {}
@@ -162,6 +181,19 @@ class SchedulerState:
                 revived.append(ts)
             if observe:
                 ts.observers.add(client)
+        restrictions = frozenset(workers) if workers is not None else None
+        if restrictions is not None:
+            for ts in new + revived:
+                ts.restrictions, ts.loose = restrictions, allow_other_workers
+            known = {n for ws in self.workers.values() for n in _names(ws)}
+            unknown = sorted(restrictions - known)
+            if unknown and (new or revived):
+                logger.warning(
+                    "tasks %s are restricted to worker(s) %s, which the scheduler does not know%s",
+                    _some_keys(new + revived),
+                    ", ".join(map(repr, unknown)),
+                    " (they may run elsewhere)" if allow_other_workers else ": they wait for such a worker",
+                )
         for ts in new:
             for dkey in tasks[ts.key][1]:
                 dep = self.tasks.get(dkey)
@@ -263,6 +295,8 @@ class SchedulerState:
             ws = w
         if ws is None or self.running.get(ws.address) is not ws:
             return None
+        if ts.restrictions is not None and not allows(ts, ws):  # restricted elsewhere: not claimed here
+            return None
         return ws
 
     def _claim(self, ts: TaskState, ws: WorkerInfo, out: Messages) -> None:
@@ -313,10 +347,17 @@ class SchedulerState:
         ts.claims = 0
 
     def decide_worker(self, ts: TaskState) -> WorkerInfo | None:
-        """The running worker where ``ts`` would start soonest (input transfer + queued work)."""
+        """The running worker where ``ts`` would start soonest (input transfer + queued work),
+        among those its restrictions allow (None: no running worker may take it now)."""
         if not self.running:
             return None
-        if self._run_length > 1 and not ts.dependencies:
+        candidates: Iterable[WorkerInfo] = self.running.values()
+        if ts.restrictions is not None:
+            allowed = [ws for ws in self.running.values() if allows(ts, ws)]
+            if not allowed and not ts.loose:
+                return None
+            candidates = allowed or candidates
+        elif self._run_length > 1 and not ts.dependencies:
             current, left = self._run
             if current is not None and left > 0 and self.running.get(current.address) is current:
                 self._run = (current, left - 1)
@@ -324,9 +365,8 @@ class SchedulerState:
             first = min(self.running.values(), key=lambda w: len(w.processing) / w.nthreads)
             self._run = (first, self._run_length - 1)
             return first
-        candidates: Iterable[WorkerInfo] = self.running.values()
         holders = {ws for dep in ts.dependencies for ws in dep.who_has if ws.status == "running"}
-        if holders and len(self.running) > 8:
+        if holders and len(self.running) > 8 and ts.restrictions is None:
             candidates = holders | {min(self.running.values(), key=lambda w: len(w.processing) / w.nthreads)}
         best, best_cost = None, float("inf")
         for ws in candidates:
@@ -511,6 +551,43 @@ class SchedulerState:
         self.fail(ts, exception, traceback, out)
         return out
 
+    def retry(self, keys: Iterable[Any]) -> Messages:
+        """Run failed ``keys`` again in place, with the failed tasks upstream that caused their
+        errors and the failed dependents that inherited them (keys that did not fail: nothing).
+
+        Each task run again is pending once more for the clients that want it (``task-retried``);
+        its earlier error, and the workers that died under it, are forgotten.
+        """
+        out: Messages = []
+        upstream: set[TaskState] = set()
+        stack = [ts for ts in map(self.tasks.get, keys) if ts is not None and ts.state == "erred"]
+        while stack:  # the failed tasks and their inputs not in memory: the error came from there
+            t = stack.pop()
+            if t in upstream:
+                continue
+            upstream.add(t)
+            stack.extend(d for d in t.dependencies if d.state in ("erred", "released") and d.spec is not None)
+        causes = {t.key for t in upstream}
+        revive = {t for t in upstream if t.state == "erred"}
+        stack, seen = list(upstream), set(upstream)
+        while stack:  # dependents that failed because of them (through released ones between)
+            for d in stack.pop().dependents:
+                if d in seen or d.state not in ("erred", "released") or d.erred_on not in causes:
+                    continue
+                seen.add(d)
+                stack.append(d)
+                if d.state == "erred":
+                    revive.add(d)
+        for t in revive:
+            t.state = "released"
+            t.exception = t.traceback = t.erred_on = None
+            t.deaths = []
+            for client in t.who_wants:
+                out.append((("client", client), {"op": "task-retried", "key": t.key}))
+        for t in sorted(revive, key=lambda t: t.priority):
+            self._activate(t, out)
+        return out
+
     def fail(self, ts: TaskState, exception: Any, traceback: Any, out: Messages) -> None:
         """``ts`` failed for good: its clients are told, and everything downstream fails with it."""
         ts.state = "erred"
@@ -659,3 +736,19 @@ class SchedulerState:
         for ts in self.tasks.values():
             counts[ts.state] = counts.get(ts.state, 0) + 1
         return counts
+
+
+def _names(ws: WorkerInfo) -> tuple[str, ...]:
+    """What a restriction may call ``ws``: its address (with or without the scheme) or its name."""
+    return (ws.address, ws.address.split("://", 1)[-1], ws.name)
+
+
+def allows(ts: TaskState, ws: WorkerInfo) -> bool:
+    """Whether ``ts``'s worker restrictions name ``ws`` (True for an unrestricted task)."""
+    r = ts.restrictions
+    return r is None or any(n in r for n in _names(ws))
+
+
+def _some_keys(tasks: list[TaskState], limit: int = 5) -> str:
+    shown = ", ".join(repr(ts.key) for ts in tasks[:limit])
+    return shown + (f" and {len(tasks) - limit} more" if len(tasks) > limit else "")

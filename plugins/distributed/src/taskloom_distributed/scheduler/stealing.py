@@ -8,7 +8,8 @@ already queued elsewhere.  :class:`WorkStealing` holds the rules, without I/O:
   (fewer tasks than threads), tasks are taken from the most loaded workers (tasks per thread,
   any status: a paused or retiring worker's queue is fair game) until the two loads differ by
   at most one task per thread.  The tasks taken are those the victim would run last (lowest
-  priority) and only when moving their inputs costs less than half the wait it saves.  Each
+  priority) and only when moving their inputs costs less than half the wait it saves, and never
+  a task whose worker restrictions (``workers=``, without ``allow_other_workers``) exclude the thief.  Each
   becomes a ``steal-request`` to the victim; the task stays assigned to it meanwhile.
 * :meth:`~WorkStealing.response`: the victim answers ``stolen`` (the task had not started: it
   dropped it) -- then the task is sent to the thief, or to the best running worker if the thief
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from taskloom import config
 
-from .state import BANDWIDTH, Messages, SchedulerState, TaskState, WorkerInfo
+from .state import BANDWIDTH, Messages, SchedulerState, TaskState, WorkerInfo, allows
 
 if TYPE_CHECKING:
     from .server import Scheduler
@@ -117,6 +118,7 @@ class WorkStealing:
                 or ts.key in self.pending
                 or ts.processing_on is not victim
                 or ts.key in self.started
+                or not (ts.loose or allows(ts, thief))
             ):
                 continue  # (waiting_on: claimed, its inputs are computed there first)
             missing = sum(d.nbytes for d in ts.dependencies if thief not in d.who_has)
