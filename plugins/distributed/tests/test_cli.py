@@ -6,6 +6,7 @@ what is left at the end and fails the test if any process (or child of one) surv
 
 from __future__ import annotations
 
+import argparse
 import socket
 from typing import Any
 
@@ -13,7 +14,8 @@ import pytest
 import taskloom
 from taskloom.testing import wait_gone
 from taskloom_distributed import Client
-from taskloom_distributed.comm import HandshakeError
+from taskloom_distributed.cli import add_commands
+from taskloom_distributed.comm import HandshakeError, new_token
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,6 +75,17 @@ def test_the_scheduler_prints_a_token_that_clients_need(cli: Any) -> None:
     scheduler.wait_for(r"WARNING: refused connection from tcp://127\.0\.0\.1:\d+: authentication failed")
     with Client(address, auth_token=token, set_as_default=False) as client:
         assert client.submit(inc, 1).result() == 2
+
+
+def test_generated_tokens_pass_as_the_workers_auth_token_argument() -> None:
+    """A generated token is pasted after ``--auth-token``: one starting with "-" would be refused
+    by the worker's argument parser (a CI run once drew such a token)."""
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    for _ in range(2000):
+        token = new_token()
+        args = parser.parse_args(["worker", "tcp://127.0.0.1:8786", "--auth-token", token])
+        assert args.auth_token == token
 
 
 def test_the_token_can_come_from_the_environment(cli: Any) -> None:

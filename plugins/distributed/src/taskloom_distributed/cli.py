@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import signal
 import sys
 from typing import Any
@@ -89,6 +88,7 @@ def run_scheduler_cmd(args: argparse.Namespace) -> int:
     from taskloom import config
     from taskloom.errors import ConfigError
 
+    from .comm import new_token
     from .scheduler.server import Scheduler
 
     _log_to_stderr()
@@ -96,7 +96,7 @@ def run_scheduler_cmd(args: argparse.Namespace) -> int:
     if args.no_auth:
         security = attrs.evolve(security, token=None)
     elif security.token is None and not security.tls:
-        security = attrs.evolve(security, token=secrets.token_urlsafe(24))
+        security = attrs.evolve(security, token=new_token())
         print(f"auth token: {security.token}", flush=True)
     port = args.port if args.port is not None else int(config.get("distributed.scheduler.port", 8786))
 

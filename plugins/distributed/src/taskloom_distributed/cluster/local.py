@@ -18,7 +18,6 @@ import logging
 import multiprocessing
 import os
 import re
-import secrets
 import shutil
 import signal
 import sys
@@ -31,6 +30,7 @@ from taskloom import config
 from taskloom.errors import TaskloomError
 from taskloom.local import cpu_count
 
+from ..comm import new_token
 from ..loop import LoopThread
 from ..nanny import Nanny
 from ..nanny.process import NO_MAIN_GUARD_EXIT
@@ -144,7 +144,7 @@ class LocalCluster:
         )
         self.processes = processes
         self.host = host
-        self.auth_token = auth_token or secrets.token_urlsafe(24)
+        self.auth_token = auth_token or new_token()
         self._loop = LoopThread("taskloom-cluster-loop")
         self.scheduler: Scheduler = self._loop.run(
             Scheduler(host, scheduler_port, auth_token=self.auth_token).start()

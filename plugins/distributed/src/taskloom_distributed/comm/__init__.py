@@ -2,7 +2,7 @@
 
 from .handshake import HandshakeError, accept, connect_handshake, local_versions
 from .messages import Serialized, dumps, loads
-from .security import Security
+from .security import Security, new_token
 from .tcp import Comm, CommClosedError, CommTimeoutError, connect, listen, parse_address
 from .timeouts import connect_timeout, idle_timeout
 
@@ -12,6 +12,7 @@ __all__ = [
     "CommTimeoutError",
     "HandshakeError",
     "Security",
+    "new_token",
     "Serialized",
     "accept",
     "connect",

@@ -10,6 +10,7 @@ address -- so the CA is the trust boundary: sign certificates for the cluster's 
 from __future__ import annotations
 
 import os
+import secrets
 import ssl
 from typing import Any
 
@@ -17,6 +18,13 @@ import attrs
 from taskloom.errors import ConfigError
 
 _TLS_KEYS = ("ca_file", "cert", "key")
+
+
+def new_token() -> str:
+    """A fresh random authentication token: 192 bits in hex, safe to paste into a shell and never
+    taken for an option (``secrets.token_urlsafe`` may start with ``-``, which ``--auth-token``
+    would then refuse)."""
+    return secrets.token_hex(24)
 
 
 def _token(value: Any) -> str | None:
