@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 import numpy as np
+from taskloom.bench.report import markdown_table as table
 
 
 def best(times: list[float]) -> float:
@@ -125,16 +126,6 @@ def cluster_figures(directory: str) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    cols = list(rows[0])
-    cells = [[f"{r[c]:,.0f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = ["| " + " | ".join(c.rjust(w) for c, w in zip(cols, widths)) + " |"]
-    lines.append("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
-    lines += ["| " + " | ".join(v.rjust(w) for v, w in zip(row, widths)) + " |" for row in cells]
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -291,6 +291,18 @@ def format_markdown(report: Report, compare: bool) -> str:
     return "\n".join(md) + "\n"
 
 
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """``rows`` (dicts with the same keys, in column order) as a right-aligned Markdown table;
+    floats are shown rounded to whole numbers with thousands separators (for the bench scripts)."""
+    cols = list(rows[0])
+    cells = [[f"{r[c]:,.0f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["| " + " | ".join(c.rjust(w) for c, w in zip(cols, widths)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
+    lines += ["| " + " | ".join(v.rjust(w) for v, w in zip(row, widths)) + " |" for row in cells]
+    return "\n".join(lines)
+
+
 def write_text(path: str, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
