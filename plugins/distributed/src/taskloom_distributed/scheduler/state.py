@@ -15,21 +15,11 @@ worker dies.  A ready task goes to the running worker with the smallest estimate
 bytes of its inputs that would have to move there divided by the bandwidth, plus the work
 already queued there per thread.
 
-*Claims*: when a task goes to a worker, a waiting dependent whose every unfinished input is
-processing on that same worker (and which has at most ``CLAIM_MAX_DEPS`` inputs) goes there
-too, at once, and so on downstream: the worker runs it as soon as its local inputs are done,
-with no round trip through the scheduler (a chain runs at the worker's pace).  A claimed task
-is ``processing`` with a non-empty ``waiting_on``.  Each task pulls at most ``nthreads``
-dependents ahead with it, so a fan-out is still spread over the workers when its input is done.
-If an input of a claimed task is sent elsewhere (rescheduled, stolen), fails, or the claimed
-task is no longer wanted, the claim is withdrawn (``free-keys`` to its worker); a claimed task
-on a worker that dies is rescheduled like any other task processing there.
-
-*Restrictions* (``workers=`` of a submission): a restricted task goes only to a running worker
-it names (by address or name) and is claimed only there; while there is none it waits in
-``unrunnable`` until one joins.  With ``allow_other_workers`` the named workers are preferred.
-*Retry* (:meth:`SchedulerState.retry`): failed tasks, their failed causes upstream and the
-dependents that inherited their errors, are released and run again under the same keys.
+Where a ready task goes is decided in :mod:`.placement`; waiting dependents sent ahead to the
+worker running their inputs (*claims*) in :mod:`.claims`; worker restrictions (``workers=`` of a
+submission) in :mod:`.restrictions`; how errors spread and :meth:`SchedulerState.retry` in
+:mod:`.failures`; dropping what nobody needs in :mod:`.releasing`; the task and worker records
+in :mod:`.tasks`.
 
 Task specifications and results stay opaque ``Serialized`` frames here: the scheduler never
 unpickles user data.
@@ -43,72 +33,34 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-import attrs
+from . import claims, failures, placement, recovery, releasing
+from .claims import CLAIM_MAX_DEPS
+from .placement import BANDWIDTH, TRANSFER_LATENCY
+from .restrictions import _names, _some_keys, allows, restrict
+from .tasks import Messages, Recipient, TaskState, WorkerInfo
 
-from . import recovery
+__all__ = [
+    "BANDWIDTH",
+    "CLAIM_MAX_DEPS",
+    "DEFAULT_DURATION",
+    "EVENTS_KEPT",
+    "INLINE_MAX_KEYS",
+    "TRANSFER_LATENCY",
+    "Messages",
+    "Recipient",
+    "SchedulerState",
+    "TaskState",
+    "WorkerInfo",
+    "_names",
+    "_some_keys",
+    "allows",
+]
 
 logger = logging.getLogger("taskloom.distributed.scheduler")
 
-Recipient = tuple[str, Any]
-Messages = list[tuple[Recipient, dict[str, Any]]]
-
-BANDWIDTH = 500e6  # bytes/s assumed between workers, for placement
-TRANSFER_LATENCY = 0.0005  # seconds a transfer from a peer costs whatever its size, for placement
 DEFAULT_DURATION = 0.005  # seconds assumed for a task before any has been measured
 EVENTS_KEPT = 10_000  # notable events (workers joining, leaving, retiring, stalls) remembered
-CLAIM_MAX_DEPS = 8  # a task with more inputs than this is never claimed ahead (a reduction over many)
 INLINE_MAX_KEYS = 16  # a submission wanting more keys has its results fetched in bulk, not inline
-
-
-@attrs.define(eq=False, repr=False)
-class TaskState:
-    key: Any
-    spec: Any = None
-    priority: tuple[int, int] = (0, 0)
-    state: str = "released"
-    dependencies: set[TaskState] = attrs.Factory(set)
-    dependents: set[TaskState] = attrs.Factory(set)
-    waiting_on: set[TaskState] = attrs.Factory(set)
-    waiters: set[TaskState] = attrs.Factory(set)  # dependents that still need this value
-    who_has: set[WorkerInfo] = attrs.Factory(set)
-    processing_on: WorkerInfo | None = None
-    who_wants: set[Any] = attrs.Factory(set)
-    nbytes: int = 0
-    type: str = ""
-    exception: Any = None
-    traceback: Any = None
-    erred_on: Any = None  # key of the task whose error this one inherits
-    retries: int = 0
-    observers: set[Any] = attrs.Factory(set)  # clients that want every state change (diagnostics)
-    deaths: list[dict[str, Any]] = attrs.Factory(list)  # workers that died while running it
-    claims: int = 0  # dependents claimed ahead onto the worker running it (see the module docstring)
-    inline: bool = False  # its small result goes to the clients with the news it is done
-    # worker restrictions: addresses or names it may run on (None: any); ``loose``: only a preference
-    restrictions: frozenset[str] | None = None
-    loose: bool = False
-
-    def __repr__(self) -> str:
-        return f"<TaskState {self.key!r} {self.state}>"
-
-
-@attrs.define(eq=False, repr=False)
-class WorkerInfo:
-    address: str
-    name: str = ""
-    nthreads: int = 1
-    memory_limit: int = 0
-    pid: int = 0
-    processing: set[TaskState] = attrs.Factory(set)
-    has_what: set[TaskState] = attrs.Factory(set)
-    nbytes: int = 0
-    metrics: dict[str, Any] = attrs.Factory(dict)
-    nanny: str | None = None  # the id of the nanny that started it, if any
-    log: str = ""  # where its output goes (a file its nanny keeps)
-    status: str = "running"  # only "running" workers get new tasks ("closing", "paused", ...)
-    last_seen: float = 0.0  # when the scheduler last heard from it (server clock)
-
-    def __repr__(self) -> str:
-        return f"<WorkerInfo {self.address}>"
 
 
 class SchedulerState:
@@ -181,19 +133,8 @@ class SchedulerState:
                 revived.append(ts)
             if observe:
                 ts.observers.add(client)
-        restrictions = frozenset(workers) if workers is not None else None
-        if restrictions is not None:
-            for ts in new + revived:
-                ts.restrictions, ts.loose = restrictions, allow_other_workers
-            known = {n for ws in self.workers.values() for n in _names(ws)}
-            unknown = sorted(restrictions - known)
-            if unknown and (new or revived):
-                logger.warning(
-                    "tasks %s are restricted to worker(s) %s, which the scheduler does not know%s",
-                    _some_keys(new + revived),
-                    ", ".join(map(repr, unknown)),
-                    " (they may run elsewhere)" if allow_other_workers else ": they wait for such a worker",
-                )
+        if workers is not None:
+            restrict(new + revived, workers, allow_other_workers, self.workers.values())
         for ts in new:
             for dkey in tasks[ts.key][1]:
                 dep = self.tasks.get(dkey)
@@ -254,20 +195,20 @@ class SchedulerState:
         for dep in ts.dependencies:
             dep.waiters.add(ts)
             if dep.state == "erred":
-                self._inherit_error(ts, dep, out)
+                failures.inherit_error(self, ts, dep, out)
                 return
         ts.waiting_on = {d for d in ts.dependencies if d.state != "memory"}
         if ts.waiting_on:
             ts.state = "waiting"
-            ws = self._claimer(ts)
+            ws = claims.claimer(self, ts)
             if ws is not None:
-                self._claim(ts, ws, out)
+                claims.claim(self, ts, ws, out)
         else:
             self._ready(ts, out)
 
     def _ready(self, ts: TaskState, out: Messages) -> None:
         if ts.dependents:  # claimed ahead where it was sent before: withdrawn, maybe claimed again below
-            self.withdraw_claims(ts, out)
+            claims.withdraw_claims(self, ts, out)
         ts.claims = 0
         ws = self.decide_worker(ts)
         if ws is None:
@@ -280,110 +221,19 @@ class SchedulerState:
         ws.processing.add(ts)
         out.append((("worker", ws.address), self._compute_msg(ts)))
         if ts.dependents:
-            self._claim_downstream(ts, ws, out)
+            claims.claim_downstream(self, ts, ws, out)
 
-    # -- claims ----------------------------------------------------------------------------------
-    def _claimer(self, ts: TaskState) -> WorkerInfo | None:
-        """The worker that may run waiting ``ts`` ahead: every unfinished input processes there."""
-        if ts.state != "waiting" or not ts.waiting_on or len(ts.dependencies) > CLAIM_MAX_DEPS:
-            return None
-        ws = None
-        for dep in ts.waiting_on:
-            w = dep.processing_on
-            if w is None or (ws is not None and w is not ws) or dep.claims >= w.nthreads:
-                return None
-            ws = w
-        if ws is None or self.running.get(ws.address) is not ws:
-            return None
-        if ts.restrictions is not None and not allows(ts, ws):  # restricted elsewhere: not claimed here
-            return None
-        return ws
-
-    def _claim(self, ts: TaskState, ws: WorkerInfo, out: Messages) -> None:
-        """Send waiting ``ts`` to ``ws`` ahead of its inputs there, and its dependents that can follow."""
-        self._claim_one(ts, ws, out)
-        if ts.dependents:
-            self._claim_downstream(ts, ws, out)
-
-    def _claim_one(self, ts: TaskState, ws: WorkerInfo, out: Messages) -> None:
-        for dep in ts.waiting_on:
-            dep.claims += 1
-        if ts.dependents:  # claimed on it when it was sent before: they follow it afresh
-            self.withdraw_claims(ts, out)
-        ts.state = "processing"
-        ts.processing_on = ws
-        ws.processing.add(ts)
-        out.append((("worker", ws.address), self._compute_msg(ts)))
-
-    def _claim_downstream(self, ts: TaskState, ws: WorkerInfo, out: Messages) -> None:
-        """The waiting dependents of ``ts`` (processing on ``ws``) that can follow it there, and theirs."""
-        stack = [ts]
-        while stack:
-            for d in stack.pop().dependents:
-                if d.state == "waiting" and self._claimer(d) is ws:
-                    self._claim_one(d, ws, out)
-                    if d.dependents:
-                        stack.append(d)
-
+    # -- claims and placement (:mod:`.claims`, :mod:`.placement`) -------------------------------
     def withdraw_claims(self, ts: TaskState, out: Messages) -> None:
-        """The dependents claimed ahead on ``ts`` (and downstream of them) go back to waiting:
-        ``ts`` is about to run elsewhere, or again."""
-        ts.claims = 0
-        stack = [ts]
-        while stack:
-            t = stack.pop()
-            for d in t.dependents:
-                if d.state == "processing" and t in d.waiting_on:
-                    self._unclaim(d, out)
-                    d.state = "waiting"
-                    stack.append(d)
+        """The dependents claimed ahead on ``ts`` (and downstream of them) go back to waiting."""
+        claims.withdraw_claims(self, ts, out)
 
     def _unclaim(self, ts: TaskState, out: Messages) -> None:
-        ws = ts.processing_on
-        if ws is not None:
-            ws.processing.discard(ts)
-            out.append((("worker", ws.address), {"op": "free-keys", "keys": [ts.key]}))
-        ts.processing_on = None
-        ts.claims = 0
+        claims.unclaim(ts, out)
 
     def decide_worker(self, ts: TaskState) -> WorkerInfo | None:
-        """The running worker where ``ts`` would start soonest (input transfer + queued work),
-        among those its restrictions allow (None: no running worker may take it now)."""
-        if not self.running:
-            return None
-        candidates: Iterable[WorkerInfo] = self.running.values()
-        if ts.restrictions is not None:
-            allowed = [ws for ws in self.running.values() if allows(ts, ws)]
-            if not allowed and not ts.loose:
-                return None
-            candidates = allowed or candidates
-        elif self._run_length > 1 and not ts.dependencies:
-            current, left = self._run
-            if current is not None and left > 0 and self.running.get(current.address) is current:
-                self._run = (current, left - 1)
-                return current
-            first = min(self.running.values(), key=lambda w: len(w.processing) / w.nthreads)
-            self._run = (first, self._run_length - 1)
-            return first
-        holders = {ws for dep in ts.dependencies for ws in dep.who_has if ws.status == "running"}
-        if holders and len(self.running) > 8 and ts.restrictions is None:
-            candidates = holders | {min(self.running.values(), key=lambda w: len(w.processing) / w.nthreads)}
-        best, best_cost = None, float("inf")
-        for ws in candidates:
-            missing = 0
-            transfers = 0
-            for dep in ts.dependencies:
-                if ws not in dep.who_has:
-                    missing += dep.nbytes
-                    transfers += 1
-            cost = (
-                missing / BANDWIDTH
-                + transfers * TRANSFER_LATENCY
-                + len(ws.processing) / ws.nthreads * self.mean_duration
-            )
-            if cost < best_cost:
-                best, best_cost = ws, cost
-        return best
+        """The running worker where ``ts`` would start soonest (None: none may take it now)."""
+        return placement.decide_worker(self, ts)
 
     def _compute_msg(self, ts: TaskState) -> dict[str, Any]:
         msg = {
@@ -558,72 +408,11 @@ class SchedulerState:
         Each task run again is pending once more for the clients that want it (``task-retried``);
         its earlier error, and the workers that died under it, are forgotten.
         """
-        out: Messages = []
-        upstream: set[TaskState] = set()
-        stack = [ts for ts in map(self.tasks.get, keys) if ts is not None and ts.state == "erred"]
-        while stack:  # the failed tasks and their inputs not in memory: the error came from there
-            t = stack.pop()
-            if t in upstream:
-                continue
-            upstream.add(t)
-            stack.extend(d for d in t.dependencies if d.state in ("erred", "released") and d.spec is not None)
-        causes = {t.key for t in upstream}
-        revive = {t for t in upstream if t.state == "erred"}
-        stack, seen = list(upstream), set(upstream)
-        while stack:  # dependents that failed because of them (through released ones between)
-            for d in stack.pop().dependents:
-                if d in seen or d.state not in ("erred", "released") or d.erred_on not in causes:
-                    continue
-                seen.add(d)
-                stack.append(d)
-                if d.state == "erred":
-                    revive.add(d)
-        for t in revive:
-            t.state = "released"
-            t.exception = t.traceback = t.erred_on = None
-            t.deaths = []
-            for client in t.who_wants:
-                out.append((("client", client), {"op": "task-retried", "key": t.key}))
-        for t in sorted(revive, key=lambda t: t.priority):
-            self._activate(t, out)
-        return out
+        return failures.retry(self, keys)
 
     def fail(self, ts: TaskState, exception: Any, traceback: Any, out: Messages) -> None:
         """``ts`` failed for good: its clients are told, and everything downstream fails with it."""
-        ts.state = "erred"
-        ts.exception, ts.traceback, ts.erred_on = exception, traceback, ts.key
-        ts.waiting_on.clear()
-        self.unrunnable.discard(ts)
-        for client in ts.who_wants:
-            out.append((("client", client), self._erred_msg(ts)))
-        for dep in list(ts.dependents):
-            self._inherit_error(dep, ts, out)
-        self._drop_inputs(ts, out)
-
-    def _inherit_error(self, ts: TaskState, cause: TaskState, out: Messages) -> None:
-        """``ts`` and everything downstream of it fail with ``cause``'s error."""
-        stack = [ts]
-        while stack:
-            t = stack.pop()
-            if t.state in ("erred", "memory"):
-                continue
-            if t.processing_on is not None:  # claimed ahead there: its worker drops it
-                self._unclaim(t, out)
-            self.unrunnable.discard(t)
-            t.state = "erred"
-            t.exception, t.traceback, t.erred_on = cause.exception, cause.traceback, cause.erred_on
-            t.waiting_on.clear()
-            for client in t.who_wants:
-                out.append((("client", client), self._erred_msg(t)))
-            stack.extend(t.dependents)
-            self._drop_inputs(t, out)
-
-    def _drop_inputs(self, ts: TaskState, out: Messages) -> None:
-        """A failed task needs its inputs no more."""
-        for dep in list(ts.dependencies):
-            if ts in dep.waiters:
-                dep.waiters.discard(ts)
-                self._maybe_release(dep, out)
+        failures.fail(self, ts, exception, traceback, out)
 
     def _in_memory_msg(self, ts: TaskState) -> dict[str, Any]:
         # who_has: the client fetches the result from there without asking the scheduler first
@@ -645,50 +434,12 @@ class SchedulerState:
             "cause": ts.erred_on,
         }
 
-    # -- releasing -------------------------------------------------------------------------------
+    # -- releasing (:mod:`.releasing`) ----------------------------------------------------------
     def release_keys(self, client: Any, keys: Iterable[Any], known: set[TaskState] | None = None) -> Messages:
-        out: Messages = []
-        wanted = self.clients.get(client, set())
-        for key in keys:
-            ts = self.tasks.get(key)
-            if ts is None:
-                continue
-            ts.who_wants.discard(client)
-            ts.observers.discard(client)
-            wanted.discard(ts)
-            self._maybe_release(ts, out)
-        return out
+        return releasing.release_keys(self, client, keys)
 
     def _maybe_release(self, ts: TaskState, out: Messages) -> None:
-        """Drop ``ts``'s data if no client wants it and no pending dependent needs it; forget it
-        once no known task depends on it (and so on upstream)."""
-        stack = [ts]
-        while stack:
-            t = stack.pop()
-            if t.who_wants or t.waiters:
-                continue
-            if t.state == "processing":
-                if not t.waiting_on:  # running (or about to): it finishes, then is released
-                    continue
-                self._unclaim(t, out)  # claimed ahead, its inputs not done: it never runs
-            if t.state != "released" or t.who_has:
-                for ws in t.who_has:
-                    ws.has_what.discard(t)
-                    ws.nbytes -= t.nbytes
-                    out.append((("worker", ws.address), {"op": "free-keys", "keys": [t.key]}))
-                t.who_has.clear()
-                t.state = "released"
-                t.waiting_on.clear()
-                self.unrunnable.discard(t)
-                for dep in t.dependencies:
-                    if t in dep.waiters:
-                        dep.waiters.discard(t)
-                        stack.append(dep)
-            if not t.dependents and self.tasks.get(t.key) is t:
-                del self.tasks[t.key]
-                for dep in t.dependencies:
-                    dep.dependents.discard(t)
-                    stack.append(dep)
+        releasing.maybe_release(self, ts, out)
 
     def add_keys(self, worker: str, keys: dict[Any, int], client: Any = None) -> Messages:
         """``worker`` holds ``keys`` too: data scattered there, or copied there as a dependency."""
@@ -736,19 +487,3 @@ class SchedulerState:
         for ts in self.tasks.values():
             counts[ts.state] = counts.get(ts.state, 0) + 1
         return counts
-
-
-def _names(ws: WorkerInfo) -> tuple[str, ...]:
-    """What a restriction may call ``ws``: its address (with or without the scheme) or its name."""
-    return (ws.address, ws.address.split("://", 1)[-1], ws.name)
-
-
-def allows(ts: TaskState, ws: WorkerInfo) -> bool:
-    """Whether ``ts``'s worker restrictions name ``ws`` (True for an unrestricted task)."""
-    r = ts.restrictions
-    return r is None or any(n in r for n in _names(ws))
-
-
-def _some_keys(tasks: list[TaskState], limit: int = 5) -> str:
-    shown = ", ".join(repr(ts.key) for ts in tasks[:limit])
-    return shown + (f" and {len(tasks) - limit} more" if len(tasks) > limit else "")

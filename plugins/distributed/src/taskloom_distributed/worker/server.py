@@ -1,32 +1,33 @@
 """The worker server: runs tasks the scheduler sends, serves its data to peers and clients.
 
-It keeps one batched stream to the scheduler (task results, metrics) and listens for peers
-(``get-data``: worker-to-worker transfers and client gathers; ``run``: a function on this
-worker).  Tasks run on ``nthreads`` threads fed from one queue (:mod:`.runner`), results coming
-back to the event loop in batches; while tasks are short a few more are queued per thread, so a
-thread goes on to the next without a round trip through the loop.  :class:`~.state.WorkerState`
-decides what runs and what is fetched.  Worker plugins go through the core's
-:class:`taskloom.worker.WorkerRuntime` so they behave as on every other backend: installed
-packages' worker hooks are set up when the worker starts, user plugins in registration order,
-all torn down in reverse when it stops.  When the scheduler goes away the worker stops; a worker
-process ends even if a task is still running.
+It keeps one batched stream to the scheduler (task results, metrics; :mod:`.connection`) and
+listens for peers (``get-data``: worker-to-worker transfers and client gathers; ``run``: a
+function on this worker; :mod:`.transfer`).  Tasks run on ``nthreads`` threads fed from one queue
+(:mod:`.runner`), results coming back to the event loop in batches; while tasks are short a few
+more are queued per thread, so a thread goes on to the next without a round trip through the
+loop.  :class:`~.state.WorkerState` decides what runs and what is fetched.  Worker plugins go
+through the core's :class:`taskloom.worker.WorkerRuntime` so they behave as on every other
+backend: installed packages' worker hooks are set up when the worker starts, user plugins in
+registration order, all torn down in reverse when it stops.  When the scheduler goes away the
+worker stops; a worker process ends even if a task is still running.
 
 Task specifications stay frames until a task runs, so a task that cannot be unpickled here (a
 module missing on this machine) fails that task with the reason, never the worker.  A client's
 ``config.set`` values arrive as ``client-config`` messages and are in force, on the running
 thread only, while that client's tasks run (``taskloom.config.overlay``).
 
-Memory (:mod:`.memory`, :mod:`.monitor`): results live in a :class:`~.memory.SpillBuffer` that
-writes the least recently used to disk past ``memory_limit * target``; a monitor checks the
-process memory every ``monitor_interval`` and spills (past ``spill``), pauses (past ``pause``)
-or, in a worker process of its own, exits with :data:`~.memory.MEMORY_EXIT_CODE` (past
-``terminate``) for its nanny to restart it.
+Memory (:mod:`.memory`, :mod:`.monitor`, :mod:`.pressure`): results live in a
+:class:`~.memory.SpillBuffer` that writes the least recently used to disk past
+``memory_limit * target``; a monitor checks the process memory every ``monitor_interval`` and
+spills (past ``spill``), pauses (past ``pause``) or, in a worker process of its own, exits with
+:data:`~.memory.MEMORY_EXIT_CODE` (past ``terminate``) for its nanny to restart it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -38,7 +39,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -50,42 +51,23 @@ from taskloom.worker import WorkerRuntime
 
 from .. import logbuffer
 from ..batched import BatchedSend
-from ..comm import (
-    Comm,
-    CommClosedError,
-    CommTimeoutError,
-    HandshakeError,
-    Security,
-    Serialized,
-    accept,
-    connect,
-    connect_handshake,
-    connect_timeout,
-    idle_timeout,
-    listen,
-)
+from ..comm import Comm, CommClosedError, Security, Serialized, listen
 from ..nanny.process import nanny_link
-from .dump import worker_state
-from .memory import (
-    MEMORY_EXIT_CODE,
-    SpillBuffer,
-    data_metrics,
-    make_worker_directory,
-    parse_memory_limit,
-    sizeof,
-    to_serialized,
-)
-from .monitor import MemoryLimits, MemoryMonitor, spill_until_below
+from .connection import STREAM_INTERVAL as STREAM_INTERVAL
+from .connection import metrics_loop, register, scheduler_loop
+from .memory import SpillBuffer, data_metrics, make_worker_directory, parse_memory_limit, sizeof
+from .monitor import MemoryLimits, MemoryMonitor
+from .pressure import memory_loop
 from .runner import SKIPPED, Outcome, TaskRunner
 from .state import WorkerState
+from .transfer import TRANSFER_LOG_LENGTH, fetch, handle_peer
+from .transfer import get_data as get_data
 
 logger = logging.getLogger("taskloom.distributed.worker")
 
 CLOSE_TIMEOUT = 5.0  # seconds a closing worker waits for running tasks before tearing down
 SHORT_TASK = 0.002  # seconds: while tasks take less (on average), a few more are queued per thread
 PREFETCH_PER_THREAD = 16  # tasks queued per thread beyond the running one while tasks are short
-STREAM_INTERVAL = 0.0005  # seconds: results finished sooner after the last write to the scheduler wait
-TRANSFER_LOG_LENGTH = 100  # incoming transfers remembered (Worker.transfer_log)
 
 
 class Worker:
@@ -159,13 +141,15 @@ class Worker:
         self._epoch = 0  # bumped each time the worker drops everything to register afresh
         self._lost_scheduler = False
         self.events = logbuffer.event_log()  # (time, op, key(s)) of recent messages and results
-        # -- data fetch from peers (transfer records, comm timeouts): see _fetch
+        # -- data fetch from peers (transfer records, comm timeouts): see .transfer
         self.transfer_log: deque[dict[str, Any]] = deque(maxlen=TRANSFER_LOG_LENGTH)
         self.runtime.worker.transfer_log = self.transfer_log  # type: ignore[attr-defined]
 
     # -- life cycle --------------------------------------------------------------------------
     async def start(self) -> Worker:
-        self.server = await listen(self.host, self.port, self._handle_peer, self.ssl_context)
+        self.server = await listen(
+            self.host, self.port, functools.partial(handle_peer, self), self.ssl_context
+        )
         host, port = self.server.sockets[0].getsockname()[:2]
         self.address = f"{'tls' if self.ssl_context else 'tcp'}://{host}:{port}"
         self.state.address = self.address
@@ -186,12 +170,12 @@ class Worker:
             unmark=slots.release if slots is not None else None,
             store=self._store_input,
         )
-        comm = await self._register()
+        comm = await register(self)
         self.stream = BatchedSend(comm, STREAM_INTERVAL)
-        self._spawn(self._scheduler_loop(comm))
-        self._spawn(self._metrics_loop())
+        self._spawn(scheduler_loop(self, comm))
+        self._spawn(metrics_loop(self))
         if self.memory_limits.monitored:
-            self._spawn(self._memory_loop())
+            self._spawn(memory_loop(self))
         if self.nanny is not None:
             self.nanny.started(self.address)
             with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # main thread only
@@ -200,55 +184,6 @@ class Worker:
                     signal.SIGTERM, lambda: self._spawn(self.close("stopped by its nanny"))
                 )
         return self
-
-    async def _register(self) -> Comm:
-        """Connect to the scheduler and register with it (at start, and afresh after losing it)."""
-        comm = await connect(self.scheduler_address, self.client_ssl_context)
-        await connect_handshake(comm, self.auth_token, "worker", self.name)
-        comm.unpickle = False  # task specifications stay frames until they run (see _run_task)
-        await comm.write(
-            {
-                "op": "register-worker",
-                "address": self.address,
-                "name": self.name or self.address,
-                "nthreads": self.nthreads,
-                "memory_limit": self.memory_limit,
-                "pid": os.getpid(),
-                "nanny": self.nanny.nanny_id if self.nanny is not None else None,
-                "log": self.nanny.log if self.nanny is not None else "",
-            }
-        )
-        return comm
-
-    async def _reconnect(self) -> Comm | None:
-        """The scheduler stream ended: drop every task and result (the scheduler has forgotten
-        them) and register afresh, trying for ``distributed.worker.reconnect_timeout`` seconds."""
-        old, self.stream = self.stream, None
-        if old is not None:
-            old.comm.close()
-        self._epoch += 1  # what still runs or arrives from before is thrown away
-        paused = getattr(self.state, "paused", False)
-        self.data.clear()
-        self.state = WorkerState(self.nthreads, self.address, data=self.data)
-        self.runtime.worker.state = self.state  # type: ignore[attr-defined]
-        if paused:
-            self._do(self.state.set_paused(True))
-        deadline = time.monotonic() + self.reconnect_timeout
-        delay = 0.05
-        while not self.closed.is_set():
-            try:
-                comm = await self._register()
-            except (OSError, ConnectionError) as exc:
-                if time.monotonic() + delay > deadline:
-                    logger.warning("worker %s: cannot reach the scheduler: %s", self.address, exc)
-                    return None
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, 1.0)
-                continue
-            self.stream = BatchedSend(comm, STREAM_INTERVAL)
-            logger.warning("worker %s: registered again with %s", self.address, self.scheduler_address)
-            return comm
-        return None
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -313,66 +248,7 @@ class Worker:
         except Exception:
             logger.exception("worker plugin teardown failed")
 
-    # -- the scheduler stream ------------------------------------------------------------------
-    async def _scheduler_loop(self, comm: Comm | None) -> None:
-        reason = "the scheduler went away"
-        try:
-            while comm is not None:
-                try:
-                    while True:
-                        for msg in await comm.read():
-                            try:
-                                await self._scheduler_message(msg)
-                            except Exception:  # one bad message must not take the worker down
-                                logger.exception(
-                                    "worker %s: could not handle %r from the scheduler",
-                                    self.address,
-                                    msg.get("op"),
-                                )
-                except CommClosedError:
-                    pass
-                if self.closed.is_set():
-                    return
-                comm = await self._reconnect()
-            self._lost_scheduler = True
-            reason = f"lost the scheduler (no reconnection within {self.reconnect_timeout:g} s)"
-        except Exception as exc:  # an unreadable stream: nothing more can be trusted on it
-            reason = f"unreadable message from the scheduler: {exc}"
-            logger.exception("worker %s: %s", self.address, reason)
-        finally:
-            await self.close(reason)
-
-    async def _scheduler_message(self, msg: dict[str, Any]) -> None:
-        op = msg["op"]
-        self.events.append((time.time(), op, msg["key"] if "key" in msg else list(msg.get("keys", ()))))
-        if op == "compute-task":
-            self._do(self.state.compute_task(msg))
-        elif op == "free-keys":
-            self._do(self.state.free(msg["keys"]))
-        elif op == "plugins":
-            error = await self._sync_plugins(msg["plugins"])
-            if "rid" in msg and self.stream is not None:
-                self.stream.send({"op": "reply", "rid": msg["rid"], "error": error})
-        elif op == "client-config":
-            self.configs[msg["id"]] = msg["config"]  # loaded on first use, on a task thread
-        elif op == "forget-config":
-            for cid in msg["ids"]:
-                self.configs.pop(cid, None)
-        elif op == "close":
-            await self.close(msg.get("reason", "asked to close"))
-        elif op == "restart":  # client.restart() without a nanny: drop everything, register again
-            if self.stream is not None:
-                self.stream.comm.close()  # the scheduler loop then reconnects (_reconnect)
-        elif op == "steal-request":  # another worker is idle: this task goes there if not started
-            self._do(self.state.steal(msg["key"]))
-        elif op == "acquire-replicas":  # copies of a retiring worker's results
-            self._do(self.state.acquire_replicas(msg["who_has"]))
-        elif op == "dump-state":
-            if self.stream is not None:
-                self.stream.send({"op": "reply", "rid": msg["rid"], "state": worker_state(self)})
-        elif op == "registered":
-            pass
-
+    # -- plugins and the state machine's instructions ---------------------------------------------
     async def _sync_plugins(self, plugins: dict[str, Any]) -> dict[str, Any] | None:
         """Set up (and tear down) plugins to match ``plugins``, in order, on a task thread.
 
@@ -425,7 +301,7 @@ class Worker:
                 if self.runner is not None and self.runner.unfollow(ins[1]):
                     self._do(self.state.unfollowed(ins[1]))
             elif ins[0] == "fetch":
-                self._spawn(self._fetch(ins[1], ins[2]))
+                self._spawn(fetch(self, ins[1], ins[2]))
             elif ins[0] == "send" and self.stream is not None:
                 self.stream.send(ins[1])
 
@@ -537,107 +413,8 @@ class Worker:
             values = self.configs[config_id] = values.load()
         return values
 
-    # -- fetching from peers ---------------------------------------------------------------------
-    async def _peer(self, address: str) -> Comm:
-        lock = self._peer_locks.setdefault(address, asyncio.Lock())
-        async with lock:
-            comm = self._peers.get(address)
-            if comm is None or comm.closed:  # connect and handshake within the connect timeout
-                timeout = connect_timeout()
-                deadline = time.monotonic() + timeout
-                try:
-                    comm = await connect(address, self.client_ssl_context, timeout)
-                    left = max(deadline - time.monotonic(), 0.001)
-                    await connect_handshake(comm, self.auth_token, "worker", self.name, left)
-                except (OSError, HandshakeError) as exc:
-                    if time.monotonic() < deadline - 0.01:  # refused or failed, not timed out
-                        raise
-                    raise CommTimeoutError(
-                        f"{exc} (distributed.comm.timeouts.connect = {timeout:g} s)"
-                    ) from exc
-                self._peers[address] = comm
-            return comm
-
-    async def _fetch(self, peer: str, keys: list[Any]) -> None:
-        epoch = self._epoch
-        start = time.time()
-        try:
-            comm = await self._peer(peer)
-            lock = self._peer_locks.setdefault("rpc:" + peer, asyncio.Lock())
-            timeout = idle_timeout()
-            try:
-                data = await get_data(comm, keys, lock, timeout)
-            except CommTimeoutError as exc:
-                raise CommTimeoutError(f"{exc} (distributed.comm.timeouts.idle = {timeout} s)") from exc
-        except (OSError, CommClosedError, HandshakeError, KeyError) as exc:
-            stale = self._peers.pop(peer, None)
-            if stale is not None:
-                stale.abort()
-            reason = str(exc)
-            if isinstance(exc, CommTimeoutError):  # a frozen or overloaded peer
-                logger.warning("could not fetch %s from %s: %s", _keys_text(keys), peer, reason)
-            self._log_transfer(peer, keys, start, reason)
-            if epoch == self._epoch:  # the scheduler hears of it (missing-data) if no other holder
-                self._do(self.state.fetch_failed(peer, keys, reason))
-            return
-        if epoch == self._epoch:
-            self._do(self.state.fetched(peer, data))
-        self._log_transfer(peer, keys, start, None)
-
-    def _log_transfer(self, peer: str, keys: list[Any], start: float, error: str | None) -> None:
-        """Remember a fetch (``get_worker().transfer_log``): from the request to the values stored."""
-        stop = time.time()
-        record = {"peer": peer, "keys": keys, "start": start, "stop": stop, "seconds": stop - start}
-        self.transfer_log.append({**record, "error": error})
-
-    # -- serving peers and clients ---------------------------------------------------------------
-    async def _handle_peer(self, comm: Comm) -> None:
-        try:
-            await accept(comm, self.auth_token, "worker")  # logs and closes a refused peer
-        except HandshakeError:
-            return
-        try:
-            while True:
-                msg = await comm.read()
-                await comm.write(await self._peer_request(msg), idle_timeout())  # not to a frozen peer
-        except CommClosedError:
-            pass
-
-    async def _peer_request(self, msg: dict[str, Any]) -> dict[str, Any]:
-        op = msg.get("op")
-        if op == "get-data":
-            data = self.state.data
-            missing = [k for k in msg["keys"] if k not in data]
-            if missing:
-                return {"status": "missing", "keys": missing}
-            out = {}
-            for k in msg["keys"]:
-                try:
-                    out[k] = to_serialized(data, k)  # a spilled value goes as read from disk
-                except Exception as exc:
-                    t = type(data[k])
-                    return {
-                        "status": "unpicklable",
-                        "key": k,
-                        "error": f"the result of task {k!r}, of type {t.__module__}.{t.__qualname__}, "
-                        f"cannot be pickled: {exc}",
-                    }
-            return {"status": "OK", "data": out}
-        if op == "update-data":
-            for k, v in msg["data"].items():
-                self.state.data[k] = v
-            return {"status": "OK", "nbytes": {k: _nbytes(v) for k, v in msg["data"].items()}}
-        if op == "run":
-            loop = asyncio.get_running_loop()
-            ok, value = await loop.run_in_executor(self.executor, self._run_function, msg["func"], msg)
-            return (
-                {"status": "OK", "result": Serialized.of(value)}
-                if ok
-                else {"status": "error", "error": value}
-            )
-        return {"status": "error", "error": f"unknown request {op!r}"}
-
     def _run_function(self, func: Any, msg: dict[str, Any]) -> tuple[bool, Any]:
+        """On an executor thread: a function a client runs here (``run``, see :mod:`.transfer`)."""
         if getattr(self._local, "bound", False) is False:
             self.runtime.bind()
             self._local.bound = True
@@ -646,21 +423,6 @@ class Worker:
             return True, func(*args, **kwargs)
         except BaseException as exc:
             return False, _pack_error(exc)
-
-    async def _metrics_loop(self) -> None:
-        import psutil
-
-        proc = psutil.Process()
-        while not self.closed.is_set():
-            if self.stream is not None:
-                try:
-                    self.stream.send({"op": "metrics", "metrics": self._metrics(proc.memory_info().rss)})
-                except CommClosedError:
-                    return
-            try:
-                await asyncio.wait_for(self.closed.wait(), self.heartbeat_interval)  # also a heartbeat
-            except TimeoutError:
-                pass
 
     # -- memory ------------------------------------------------------------------------------------
     def _init_memory(self, local_directory: str | None, owns_process: bool, **fractions: Any) -> None:
@@ -698,106 +460,6 @@ class Worker:
                 self.stream.send({"op": "metrics", "metrics": self._metrics(rss)})
             except CommClosedError:
                 pass
-
-    async def _memory_loop(self) -> None:
-        import psutil
-
-        proc = psutil.Process()
-
-        def measure() -> int:
-            return int(proc.memory_info().rss)
-
-        while not self.closed.is_set():
-            await self._check_memory(measure)
-            try:
-                await asyncio.wait_for(self.closed.wait(), self.memory_limits.monitor_interval)
-            except TimeoutError:
-                pass
-
-    async def _check_memory(self, measure: Callable[[], int]) -> None:
-        """One turn of the memory monitor: spill, pause, resume or terminate as it decides."""
-        monitor = self.memory_monitor
-        rss = measure()
-        while not self.closed.is_set():
-            instructions = monitor.check(rss)
-            spill = [ins for ins in instructions if ins[0] == "spill"]
-            for ins in instructions:
-                if ins[0] != "spill":
-                    await self._memory_instruction(ins, rss)
-            if not spill:
-                return
-            done = spill_until_below(spill[0][1], self._evict, measure)
-            for ins in monitor.spilled(done.rss, done.exhausted):
-                await self._memory_instruction(ins, done.rss)
-            if done.done or done.exhausted:
-                return
-            await asyncio.sleep(0)  # let messages and finished tasks through between rounds
-            rss = measure()
-
-    def _evict(self) -> int:
-        return self.data.evict() if isinstance(self.data, SpillBuffer) else -1
-
-    async def _memory_instruction(self, ins: tuple[Any, ...], rss: int) -> None:
-        op = ins[0]
-        if op in ("pause", "resume"):
-            logger.warning("%s: %s", self.address, ins[1])
-            self._do(self.state.set_paused(op == "pause"))
-            self._send_metrics(rss)
-            if self.stream is not None:  # the scheduler sends new tasks to running workers only
-                try:
-                    self.stream.send(
-                        {"op": "worker-status", "status": "paused" if op == "pause" else "running"}
-                    )
-                except CommClosedError:
-                    pass
-        elif op == "warn":
-            logger.warning("%s: %s", self.address, ins[1])
-        elif op == "terminate":
-            await self._exit_for_memory(ins[1], rss)
-
-    async def _exit_for_memory(self, reason: str, rss: int) -> None:
-        """Past ``terminate``: tell the scheduler, remove the spill files, exit for the nanny."""
-        logger.error("%s: %s (exit status %d)", self.address, reason, MEMORY_EXIT_CODE)
-        self.state.set_paused(True)
-        self._send_metrics(rss)
-        if self.stream is not None:
-            try:
-                await asyncio.wait_for(self.stream.close(), 2)
-            except Exception:
-                pass
-        if isinstance(self.data, SpillBuffer):
-            self.data.spill_files.remove()
-        if self.local_directory:
-            shutil.rmtree(self.local_directory, ignore_errors=True)
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        sys.stderr.flush()
-        os._exit(MEMORY_EXIT_CODE)
-
-
-async def get_data(
-    comm: Comm, keys: list[Any], lock: asyncio.Lock | None = None, idle_timeout: float | None = None
-) -> dict[Any, Any]:
-    """Ask the worker on ``comm`` for ``keys``; values come back deserialized (arrays as views of
-    the buffers they were received into).  ``idle_timeout``: :class:`CommTimeoutError` (and the
-    connection aborted) when the peer sends nothing for that many seconds."""
-    if lock is None:
-        lock = asyncio.Lock()
-    async with lock:
-        await comm.write({"op": "get-data", "keys": keys}, idle_timeout)
-        reply = await comm.read(idle_timeout)
-    if reply["status"] == "missing":
-        raise KeyError(f"{comm.peer} does not hold {reply['keys']!r}")
-    if reply["status"] == "unpicklable":
-        from taskloom.serialize import SerializationError
-
-        raise SerializationError(reply["error"])
-    return {k: (v.load() if isinstance(v, Serialized) else v) for k, v in reply["data"].items()}
-
-
-def _keys_text(keys: list[Any], limit: int = 3) -> str:
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

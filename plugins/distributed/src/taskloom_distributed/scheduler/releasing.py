@@ -1,0 +1,66 @@
+"""Releasing: a result nobody needs any more is dropped from its workers, and its task forgotten.
+
+A task's data is dropped (``free-keys`` to every worker holding it; a task claimed ahead whose
+inputs are not done is withdrawn) once no client wants it and no pending dependent needs it.
+The task stays known (``released``) while a known task depends on it, so that a lost result
+downstream can be recomputed from it, and is forgotten after that, and so on upstream.  Still
+events in, messages out, no I/O: functions of the :class:`~.state.SchedulerState`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from . import claims
+
+if TYPE_CHECKING:
+    from .state import SchedulerState
+    from .tasks import Messages, TaskState
+
+
+def release_keys(st: SchedulerState, client: Any, keys: Iterable[Any]) -> Messages:
+    """``client`` wants ``keys`` no more (nor their state changes)."""
+    out: Messages = []
+    wanted = st.clients.get(client, set())
+    for key in keys:
+        ts = st.tasks.get(key)
+        if ts is None:
+            continue
+        ts.who_wants.discard(client)
+        ts.observers.discard(client)
+        wanted.discard(ts)
+        maybe_release(st, ts, out)
+    return out
+
+
+def maybe_release(st: SchedulerState, ts: TaskState, out: Messages) -> None:
+    """Drop ``ts``'s data if no client wants it and no pending dependent needs it; forget it
+    once no known task depends on it (and so on upstream)."""
+    stack = [ts]
+    while stack:
+        t = stack.pop()
+        if t.who_wants or t.waiters:
+            continue
+        if t.state == "processing":
+            if not t.waiting_on:  # running (or about to): it finishes, then is released
+                continue
+            claims.unclaim(t, out)  # claimed ahead, its inputs not done: it never runs
+        if t.state != "released" or t.who_has:
+            for ws in t.who_has:
+                ws.has_what.discard(t)
+                ws.nbytes -= t.nbytes
+                out.append((("worker", ws.address), {"op": "free-keys", "keys": [t.key]}))
+            t.who_has.clear()
+            t.state = "released"
+            t.waiting_on.clear()
+            st.unrunnable.discard(t)
+            for dep in t.dependencies:
+                if t in dep.waiters:
+                    dep.waiters.discard(t)
+                    stack.append(dep)
+        if not t.dependents and st.tasks.get(t.key) is t:
+            del st.tasks[t.key]
+            for dep in t.dependencies:
+                dep.dependents.discard(t)
+                stack.append(dep)

@@ -1,0 +1,66 @@
+"""What the scheduler knows of each task and each worker (:class:`TaskState`, :class:`WorkerInfo`).
+
+Plain records, moved by :class:`~.state.SchedulerState`; also the shape of what it returns
+(:data:`Messages`: ``(recipient, message)`` pairs, the recipient ``("worker", address)`` or
+``("client", client_id)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+Recipient = tuple[str, Any]
+Messages = list[tuple[Recipient, dict[str, Any]]]
+
+
+@attrs.define(eq=False, repr=False)
+class TaskState:
+    key: Any
+    spec: Any = None
+    priority: tuple[int, int] = (0, 0)
+    state: str = "released"
+    dependencies: set[TaskState] = attrs.Factory(set)
+    dependents: set[TaskState] = attrs.Factory(set)
+    waiting_on: set[TaskState] = attrs.Factory(set)
+    waiters: set[TaskState] = attrs.Factory(set)  # dependents that still need this value
+    who_has: set[WorkerInfo] = attrs.Factory(set)
+    processing_on: WorkerInfo | None = None
+    who_wants: set[Any] = attrs.Factory(set)
+    nbytes: int = 0
+    type: str = ""
+    exception: Any = None
+    traceback: Any = None
+    erred_on: Any = None  # key of the task whose error this one inherits
+    retries: int = 0
+    observers: set[Any] = attrs.Factory(set)  # clients that want every state change (diagnostics)
+    deaths: list[dict[str, Any]] = attrs.Factory(list)  # workers that died while running it
+    claims: int = 0  # dependents claimed ahead onto the worker running it (see :mod:`.claims`)
+    inline: bool = False  # its small result goes to the clients with the news it is done
+    # worker restrictions: addresses or names it may run on (None: any); ``loose``: only a preference
+    restrictions: frozenset[str] | None = None
+    loose: bool = False
+
+    def __repr__(self) -> str:
+        return f"<TaskState {self.key!r} {self.state}>"
+
+
+@attrs.define(eq=False, repr=False)
+class WorkerInfo:
+    address: str
+    name: str = ""
+    nthreads: int = 1
+    memory_limit: int = 0
+    pid: int = 0
+    processing: set[TaskState] = attrs.Factory(set)
+    has_what: set[TaskState] = attrs.Factory(set)
+    nbytes: int = 0
+    metrics: dict[str, Any] = attrs.Factory(dict)
+    nanny: str | None = None  # the id of the nanny that started it, if any
+    log: str = ""  # where its output goes (a file its nanny keeps)
+    status: str = "running"  # only "running" workers get new tasks ("closing", "paused", ...)
+    last_seen: float = 0.0  # when the scheduler last heard from it (server clock)
+
+    def __repr__(self) -> str:
+        return f"<WorkerInfo {self.address}>"
