@@ -109,18 +109,6 @@ def fail(*deps: Any) -> None:
 
 
 @pytest.fixture
-def worker_plugins() -> Iterator[list[str]]:
-    """Names appended here are unregistered after the test (if still registered)."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        try:
-            unregister_worker_plugin(name)
-        except KeyError:
-            pass
-
-
-@pytest.fixture
 def fresh_thread_pools() -> Iterator[None]:
     """Thread pools started in this test, shut down at its end (their plugins tear down)."""
     taskloom_threads.shutdown()

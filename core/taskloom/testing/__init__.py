@@ -13,8 +13,8 @@ A third-party scheduler proves it behaves like the built-in ones with one test c
         # compute_kwargs = {"address": ...}    # passed to every compute
 
 pytest collects every ``test_*`` method of the mixin against ``scheduler``.  The fixtures
-``taskloom_scheduler_names``, ``no_leaked_threads``, ``clean_config`` and ``registered_plugin``
-come with the ``taskloom`` pytest plugin, active wherever taskloom is installed, and
+``taskloom_scheduler_names``, ``no_leaked_threads``, ``clean_config``, ``registered_plugin`` and
+``worker_plugins`` come with the ``taskloom`` pytest plugin, active wherever taskloom is installed, and
 ``wait_until(condition, timeout)`` polls for what another process makes true::
 
     def test_my_hooks(registered_plugin, no_leaked_threads):
@@ -32,6 +32,7 @@ from .fixtures import (  # noqa: E402
     no_leaked_threads,
     registered_plugin,
     taskloom_scheduler_names,
+    worker_plugins,
 )
 from .polling import wait_until  # noqa: E402
 from .processes import live_processes, wait_gone  # noqa: E402
@@ -45,4 +46,5 @@ __all__ = [
     "taskloom_scheduler_names",
     "wait_gone",
     "wait_until",
+    "worker_plugins",
 ]

@@ -10,6 +10,7 @@ the standard library and pytest; taskloom itself is imported when a fixture runs
   restored afterwards.
 * ``registered_plugin`` -- ``with registered_plugin(obj): ...`` registers a plugin object and
   unregisters it.
+* ``worker_plugins`` -- a list: worker-plugin names appended to it are unregistered after the test.
 """
 
 from __future__ import annotations
@@ -146,3 +147,18 @@ def no_callback_left_behind() -> Iterator[None]:
     before = {name: hook_has_impls(name) for name in DIAGNOSTICS_HOOKS}
     yield
     assert {name: hook_has_impls(name) for name in DIAGNOSTICS_HOOKS} == before
+
+
+@pytest.fixture
+def worker_plugins() -> Iterator[list[str]]:
+    """Names of worker plugins (``register_worker_plugin``) appended here are unregistered after
+    the test, if still registered."""
+    from taskloom.worker import unregister_worker_plugin
+
+    names: list[str] = []
+    yield names
+    for name in names:
+        try:
+            unregister_worker_plugin(name)
+        except KeyError:
+            pass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +40,6 @@ def explode_in_task(x: int) -> None:
 
 
 # -- worker plugins -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def worker_plugins() -> Iterator[list[str]]:
-    """Names appended here are unregistered after the test (if still registered)."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        try:
-            unregister_worker_plugin(name)
-        except KeyError:
-            pass
 
 
 class LoggingPlugin(WorkerPlugin):
