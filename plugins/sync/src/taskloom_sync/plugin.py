@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import taskloom
 
 from .scheduler import get
@@ -17,3 +19,8 @@ def taskloom_schedulers() -> list[taskloom.SchedulerSpec]:
             description="every task in the calling thread; for debugging and profiling",
         )
     ]
+
+
+@taskloom.hookimpl
+def taskloom_config_defaults() -> dict[str, Any]:
+    return {"sync": {"compiled": True}}
