@@ -279,3 +279,31 @@ def test_compiled_tasks_travel_as_their_general_form() -> None:
     task = plan(graph, ["s"]).tasks["s"]
     rebuilt = from_wire(task.func, *to_wire(task))
     assert rebuilt({"a": 2, "b": 3}) == (([2, 3], 2), {})
+
+
+def test_a_compiled_classic_task_pickles_compactly_and_comes_back_whole() -> None:
+    graph = {("x", 0): (inc, 1), "b": (operator.add, ("x", 0), 10), "s": (collect, ["b"], ("x", 0))}
+    p = plan(graph, ["s"])
+    task = p.tasks["b"]
+    back = pickle.loads(pickle.dumps(task))
+    assert back == task and back.dependencies == (("x", 0),)
+    assert back({("x", 0): 2}) == 12
+    assert b"Ref" not in pickle.dumps(task)  # keys travel as they are, no Ref per key
+    gather = pickle.loads(pickle.dumps(p.tasks["s"]))
+    assert gather({"b": 5, ("x", 0): 2}) == (([5], 2), {})
+
+
+def test_a_task_with_another_function_or_renamed_keys_keeps_its_kind_and_meaning() -> None:
+    graph: dict[Any, Any] = {"a": (inc, 1), "b": (collect, "a", "lit"), "s": (collect, ["a", "b"], "a")}
+    graph["t"] = Task(collect, Ref("a"), [Ref("b")], k=Ref("a"))
+    p = plan(graph, ["s", "t"])
+    names = {"a": ("p", "a"), "b": ("p", "b")}
+    data = {("p", "a"): 2, ("p", "b"): 3}
+    for key in ("b", "s", "t"):
+        task = p.tasks[key]
+        assert task.with_func(tuple).dependencies == task.dependencies
+        renamed = task.renamed(names)
+        assert set(renamed.dependencies) == {names[d] for d in task.dependencies}
+        assert renamed(data) == task({"a": 2, "b": 3})
+    assert p.tasks["b"].with_func(operator.concat)({"a": "2"}) == "2lit"  # "lit" stays a literal
+    assert p.tasks["b"].renamed(names).args == (("p", "a"), "lit")

@@ -170,6 +170,14 @@ class Task:
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_task, (self.func, self.args, self.kwargs))
 
+    def with_func(self, func: Callable[..., Any]) -> Task:
+        """The same task calling ``func`` instead (a stand-in that pickles differently, say)."""
+        return Task(func, *self.args, **self.kwargs)
+
+    def renamed(self, names: Mapping[Key, Key]) -> Task:
+        """The same task with the keys it refers to renamed by ``names`` (others unchanged)."""
+        return _rename_task(self, names)
+
 
 class _TupleTask(Task):
     """A classic ``(func, *args)`` tuple compiled for execution without building Refs.
@@ -195,7 +203,21 @@ class _TupleTask(Task):
     __hash__ = None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return self._as_task().__reduce__()
+        # compact: no Ref per key, and no re-analysis of the arguments when it is loaded
+        return (_rebuild_tuple_task, (self.func, self.args, self._refs, self.dependencies))
+
+    def with_func(self, func: Callable[..., Any]) -> Task:
+        return _rebuild_tuple_task(func, self.args, self._refs or (), self.dependencies)
+
+    def renamed(self, names: Mapping[Key, Key]) -> Task:
+        """The same task with the keys it refers to renamed by ``names`` (others unchanged)."""
+        args = list(self.args)
+        refs = []
+        for i, key in self._refs or ():
+            args[i] = new = names.get(key, key)
+            refs.append((i, new))
+        deps = tuple(names.get(k, k) for k in self.dependencies)
+        return _rebuild_tuple_task(self.func, tuple(args), tuple(refs), deps)
 
 
 class _GatherTask(_TupleTask):
@@ -224,6 +246,15 @@ class _GatherTask(_TupleTask):
         for i, keys in self._lists:
             args[i] = [Ref(k) for k in keys]
         return Task(self.func, *args)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self._as_task().__reduce__()
+
+    def with_func(self, func: Callable[..., Any]) -> Task:
+        return self._as_task().with_func(func)
+
+    def renamed(self, names: Mapping[Key, Key]) -> Task:
+        return _rename_task(self._as_task(), names)
 
 
 _new = object.__new__
@@ -325,6 +356,40 @@ def from_wire(
 
 def _rebuild_task(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Task:
     return Task(func, *args, **kwargs)
+
+
+def _rebuild_tuple_task(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    refs: tuple[tuple[int, Key], ...],
+    dependencies: tuple[Key, ...],
+) -> Task:
+    task: Task = _new(_TupleTask)
+    task.func, task.args, task.kwargs = func, args, _NO_KWARGS
+    task.dependencies, task._refs = dependencies, refs
+    return task
+
+
+def _rename_task(task: Task, names: Mapping[Key, Key]) -> Task:
+    args = [_rename(a, names) for a in task.args]
+    return Task(task.func, *args, **{k: _rename(v, names) for k, v in task.kwargs.items()})
+
+
+def _rename(obj: Any, names: Mapping[Key, Key]) -> Any:
+    t = type(obj)
+    if t is Ref:
+        return Ref(names.get(obj.key, obj.key))
+    if t is Task:
+        return _rename_task(obj, names)
+    if t is list:
+        return [_rename(x, names) for x in obj]
+    if t is tuple:
+        return tuple(_rename(x, names) for x in obj)
+    if t is dict:
+        return {k: _rename(v, names) for k, v in obj.items()}
+    if t is set or t is frozenset:
+        return t(_rename(x, names) for x in obj)
+    return obj
 
 
 def _identity(x: Any) -> Any:

@@ -526,3 +526,27 @@ def test_who_has_and_has_what(client: Client) -> None:
     assert set(has_what) == workers
     assert future.key in has_what[holder]
     assert client.has_what(workers=[holder]) == {holder: has_what[holder]}
+
+
+class _ClassicCollection:
+    """A collection whose graph is in the classic tuple spec."""
+
+    def __init__(self, graph: dict[Any, Any], keys: list[Any]) -> None:
+        self.graph, self.keys = graph, keys
+
+    def __taskloom_graph__(self) -> dict[Any, Any]:
+        return self.graph
+
+    def __taskloom_keys__(self) -> list[Any]:
+        return self.keys
+
+
+def test_classic_tuple_graphs_of_functions_sent_by_value_get_their_inputs(client: Client) -> None:
+    def inc(x: int) -> int:  # defined here: it travels by value, not by reference
+        return x + 1
+
+    graph = {"a": (inc, 1), ("b", 0): (inc, "a"), "c": (sum, ["a", ("b", 0)])}
+    assert client.compute(_ClassicCollection(graph, ["c"])).result() == 5
+    assert client.get(graph, ["c", ("b", 0)]) == [5, 3]
+    [persisted] = client.persist(_ClassicCollection(graph, [("b", 0)]))
+    assert persisted.result() == 3

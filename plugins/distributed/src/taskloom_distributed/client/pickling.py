@@ -106,7 +106,7 @@ class TaskPickler:
             plain: Task | None = task
             if _by_value(task.func):
                 placeholder = self._placeholder(task.func)
-                plain = None if placeholder is None else Task(placeholder, *task.args, **task.kwargs)
+                plain = None if placeholder is None else task.with_func(placeholder)
             if plain is not None:
                 frames = pickle_dumps(plain)
                 header = frames[0]
