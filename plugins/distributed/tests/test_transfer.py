@@ -99,7 +99,7 @@ def test_timeouts_come_from_config_and_a_bad_value_names_the_key() -> None:
 
 async def _pair(handler: Any) -> tuple[Any, Any]:
     server = await listen("127.0.0.1", 0, handler)
-    comm = await connect(f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    comm = await connect(f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}", local=False)
     comm.set_authenticated()
     return server, comm
 

@@ -49,6 +49,9 @@ def taskloom_config_defaults() -> dict[str, Any]:
                 "worker_ttl": 30,  # seconds without a heartbeat before a worker is removed
                 "stall_timeout": 60,  # seconds without progress, tasks pending: warn (0/False: never)
                 "work_stealing": True,  # tasks queued on busy workers move to idle ones
+                # results up to this many bytes pickled are relayed by the scheduler to the workers
+                # of their dependents inside the task message (no worker-to-worker fetch); 0: never
+                "relay_bytes": 1024,
             },
             "adaptive": {  # cluster.adapt(): the defaults of its arguments
                 "minimum": 0,

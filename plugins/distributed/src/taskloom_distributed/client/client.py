@@ -120,13 +120,18 @@ class Client(Submission, SchedulerStream, KeyRefs, Results, WorkerCalls, Cluster
         self._errors: dict[Key, BaseException] = {}
         self._event_error: BaseException | None = None
         self._loop_thread: LoopThread | None = None
+        self._shared_loop = False  # the loop thread is the cluster's: the cluster stops it
         self.loop: asyncio.AbstractEventLoop | None = None
         if asynchronous:
             return  # started by ``await client`` / ``async with client``, on the caller's loop
         try:
             if self.cluster is None and self.scheduler_address is None:
                 self._start_local_cluster()
-            self._loop_thread = LoopThread("taskloom-client-loop")
+            # a cluster this client started runs its scheduler on an event loop thread of this
+            # process: the client shares it, so a message between them costs no thread switch
+            shared = getattr(self.cluster, "loop_thread", None) if self._own_cluster else None
+            self._shared_loop = shared is not None
+            self._loop_thread = shared if shared is not None else LoopThread("taskloom-client-loop")
             self.loop = self._loop_thread.loop
             self._loop_thread.run(self._start())
         except BaseException:
@@ -395,7 +400,8 @@ class Client(Submission, SchedulerStream, KeyRefs, Results, WorkerCalls, Cluster
                 self._loop_thread.run(self._close_comms(), timeout)
             except Exception:
                 logger.debug("closing the client's connections failed", exc_info=True)
-            self._loop_thread.stop()
+            if not self._shared_loop:
+                self._loop_thread.stop()
         self._stop_callbacks()
         if self._own_cluster and self.cluster is not None:
             self.cluster.close()

@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from taskloom.graph import Key, Task, flatten_keys, pack_results
+from taskloom.graph import Key, Task, _TupleTask, flatten_keys, pack_results
 from taskloom.local import task_events
 from taskloom.order import plan
 from taskloom.tokenize import tokenize
@@ -191,16 +191,18 @@ class Submission:
         for k in p.order:
             if k in existing:
                 continue
+            task = p.tasks[k]
+            if type(task) is _TupleTask and not holds_future(task.args):  # classic tuple: keys as they are
+                if names:
+                    task = task.renamed(names)
+                tasks[names.get(k, k)] = (dumps(k, task), list(task.dependencies))
+                continue
             deps: set[Key] = set()
-            task = (
-                rewrite_task(p.tasks[k], names, deps)
-                if names or holds_future(p.tasks[k].args)
-                else p.tasks[k]
-            )
-            if not names:
-                deps |= set(p.tasks[k].dependencies)
-            name = names.get(k, k)
-            tasks[name] = (dumps(k, task), sorted(deps, key=repr))
+            if names or holds_future(task.args):
+                task = rewrite_task(task, names, deps)
+            else:
+                deps.update(task.dependencies)
+            tasks[names.get(k, k)] = (dumps(k, task), sorted(deps, key=repr))
         self._quiet = {names.get(k, k) for k in p.literals}
         self._errors = {}
         for k, v in p.literals.items():

@@ -253,6 +253,12 @@ class LocalCluster:
         return [pid for pid in (h.pid for h in self.workers.values()) if pid is not None]
 
     @property
+    def loop_thread(self) -> LoopThread:
+        """The event loop thread the scheduler (and in-process workers) run on; a client that
+        started this cluster runs on it too."""
+        return self._loop
+
+    @property
     def nannies(self) -> list[Nanny]:
         return list(self.workers.values()) if self.processes else []
 

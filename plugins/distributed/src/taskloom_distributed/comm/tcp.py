@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from . import inproc
 from .messages import dumps, loads
 
 logger = logging.getLogger("taskloom.distributed.comm")
@@ -316,14 +317,17 @@ class Comm:
             ) from None
 
     async def _write_frames(self, frames: list[Any], idle_timeout: float | None) -> int:
-        header = _U64.pack(len(frames)) + struct.pack(
-            f"<{len(frames)}Q", *(memoryview(f).nbytes for f in frames)
-        )
+        sizes = [len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames]
+        header = _U64.pack(len(frames)) + struct.pack(f"<{len(frames)}Q", *sizes)
         async with self._write_lock:
             if self.closed:
                 if self.protocol._closed is not None:
                     raise self.protocol._closed_error()
                 raise CommClosedError(f"connection to {self.peer} is closed")
+            if max(sizes) <= _CHUNK and all(type(f) is bytes for f in frames):  # the usual message
+                self.transport.write(header + b"".join(frames))
+                await self.protocol.drain(idle_timeout)
+                return sum(sizes)
             small: list[Any] = [header]
             for f in frames:
                 view = memoryview(f).cast("B")
@@ -340,7 +344,7 @@ class Comm:
             if small:
                 self.transport.write(b"".join(small))
             await self.protocol.drain(idle_timeout)
-        return sum(memoryview(f).nbytes for f in frames)
+        return sum(sizes)
 
     async def write(self, msg: Any, idle_timeout: float | None = None) -> int:
         return await self.write_frames(dumps(msg), idle_timeout)
@@ -383,10 +387,14 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-async def connect(address: str, ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0) -> Comm:
+async def connect(
+    address: str, ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0, local: bool = True
+) -> Comm:
     """Open a connection to ``address`` (no handshake: see :mod:`.handshake`).
 
     An address without a scheme is ``tls://`` when ``ssl_context`` is given, else ``tcp://``.
+    A ``tcp://`` server that serves on the running event loop is connected to in process
+    (:mod:`.inproc`), unless ``local`` is False.
     """
     scheme, host, port = parse_address(address, default_scheme="tls" if ssl_context else "tcp")
     if scheme == "tls" and ssl_context is None:
@@ -394,6 +402,10 @@ async def connect(address: str, ssl_context: ssl.SSLContext | None = None, timeo
             f"{address} needs TLS: pass security=Security(tls_ca_file=..., tls_cert=..., tls_key=...) "
             "or set distributed.comm.tls.ca_file/cert/key"
         )
+    if local and scheme == "tcp":  # a server on this very loop: no socket needed
+        pair = inproc.connect(host, port)
+        if pair is not None:
+            return pair  # type: ignore[return-value]  # the same interface as Comm
     loop = asyncio.get_running_loop()
     tls = ssl_context if scheme == "tls" else None
     try:
@@ -469,7 +481,10 @@ async def listen(
         proto.connection_made = made  # type: ignore[method-assign]
         return proto
 
-    return await loop.create_server(factory, host, port)
+    server = await loop.create_server(factory, host, port)
+    if ssl_context is None:  # TLS servers are always reached through TLS
+        inproc.register(server, handler)
+    return server
 
 
 _handler_tasks: set[asyncio.Task[None]] = set()

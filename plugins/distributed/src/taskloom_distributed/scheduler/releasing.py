@@ -52,6 +52,7 @@ def maybe_release(st: SchedulerState, ts: TaskState, out: Messages) -> None:
                 ws.nbytes -= t.nbytes
                 out.append((("worker", ws.address), {"op": "free-keys", "keys": [t.key]}))
             t.who_has.clear()
+            t.relayed = None
             t.state = "released"
             t.waiting_on.clear()
             st.unrunnable.discard(t)

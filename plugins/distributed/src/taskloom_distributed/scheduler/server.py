@@ -25,7 +25,7 @@ from ..comm import Comm, CommClosedError, HandshakeError, Security, Serialized, 
 from .dump import cluster_state
 from .lifecycle import WorkerLifecycle
 from .retirement import Retirer
-from .state import Messages, SchedulerState
+from .state import RELAY_BYTES, Messages, SchedulerState
 from .stealing import Stealer
 from .watchdog import Watchdog
 
@@ -54,7 +54,10 @@ class Scheduler:
         # the config.set values of each client, shipped to every worker (see _client_config)
         self.client_configs: dict[str, Any] = {}
         self._configs_of_client: dict[Any, set[str]] = {}
-        self.state = SchedulerState(int(config.get("distributed.scheduler.allowed_failures", 3)))
+        self.state = SchedulerState(
+            int(config.get("distributed.scheduler.allowed_failures", 3)),
+            int(config.get("distributed.scheduler.relay_bytes", RELAY_BYTES) or 0),
+        )
         self.lifecycle = WorkerLifecycle(self)  # nannies, heartbeats, worker deaths, restarts
         self.retirer = Retirer(self)  # graceful retirement: results copied off, then closed
         self.watchdog = Watchdog(self)  # warns of stalls (distributed.scheduler.stall_timeout)

@@ -61,6 +61,7 @@ logger = logging.getLogger("taskloom.distributed.scheduler")
 DEFAULT_DURATION = 0.005  # seconds assumed for a task before any has been measured
 EVENTS_KEPT = 10_000  # notable events (workers joining, leaving, retiring, stalls) remembered
 INLINE_MAX_KEYS = 16  # a submission wanting more keys has its results fetched in bulk, not inline
+RELAY_BYTES = 1024  # default of distributed.scheduler.relay_bytes
 
 
 class SchedulerState:
@@ -70,7 +71,7 @@ class SchedulerState:
     fails with :class:`~taskloom.errors.KilledWorkerError` (at least one).
     """
 
-    def __init__(self, allowed_failures: int = 3) -> None:
+    def __init__(self, allowed_failures: int = 3, relay_bytes: int = RELAY_BYTES) -> None:
         self.tasks: dict[Any, TaskState] = {}
         self.workers: dict[str, WorkerInfo] = {}
         self.running: dict[str, WorkerInfo] = {}  # the workers that take new tasks
@@ -82,6 +83,9 @@ class SchedulerState:
         self.events: deque[tuple[str, Any]] = deque(maxlen=EVENTS_KEPT)  # recent notable events
         self.progress = 0  # tasks finished or failed so far: the stall watchdog watches it
         self.allowed_failures = allowed_failures
+        # results up to this many bytes pickled come with the news they are done and are relayed
+        # inside the compute-task message of a dependent placed on another worker (0: never)
+        self.relay_bytes = relay_bytes
         # tasks without inputs submitted together go to one worker in runs of consecutive
         # priority (siblings of a reduction meet where they were made): run length, and the
         # worker of the current run with how many it may still take
@@ -235,7 +239,14 @@ class SchedulerState:
         """The running worker where ``ts`` would start soonest (None: none may take it now)."""
         return placement.decide_worker(self, ts)
 
-    def _compute_msg(self, ts: TaskState) -> dict[str, Any]:
+    def _compute_msg(self, ts: TaskState, ws: WorkerInfo | None = None) -> dict[str, Any]:
+        """The compute-task message of ``ts`` for ``ws`` (default: the worker processing it).
+
+        Small inputs the scheduler holds (``relayed``) and ``ws`` lacks travel inside it, so
+        ``ws`` needs no fetch from a peer; from then on ``ws`` counts as a holder of them.
+        """
+        if ws is None:
+            ws = ts.processing_on
         msg = {
             "op": "compute-task",
             "key": ts.key,
@@ -246,6 +257,18 @@ class SchedulerState:
         }
         if ts.inline and ts.who_wants:  # a client waits for it: a small result comes with the news
             msg["inline"] = True
+        if ts.dependents and self.relay_bytes:
+            msg["relay"] = self.relay_bytes
+        if ws is not None and ts.dependencies:
+            data = None
+            for d in ts.dependencies:
+                if d.relayed is not None and d.state == "memory" and ws not in d.who_has:
+                    if data is None:
+                        data = msg["data"] = {}
+                    data[d.key] = d.relayed
+                    d.who_has.add(ws)
+                    ws.has_what.add(d)
+                    ws.nbytes += d.nbytes
         return msg
 
     # -- workers -------------------------------------------------------------------------------
@@ -363,6 +386,8 @@ class SchedulerState:
         ts.exception = ts.traceback = None
         ts.waiting_on.clear()
         self.unrunnable.discard(ts)
+        if value is not None and ts.dependents and sum(len(f) for f in value[1]) <= self.relay_bytes:
+            ts.relayed = value  # relayed to the workers of its dependents (a client's may be larger)
         if ts.who_wants:
             msg = self._in_memory_msg(ts)
             if value is not None:

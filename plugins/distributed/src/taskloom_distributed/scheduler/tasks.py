@@ -38,6 +38,8 @@ class TaskState:
     deaths: list[dict[str, Any]] = attrs.Factory(list)  # workers that died while running it
     claims: int = 0  # dependents claimed ahead onto the worker running it (see :mod:`.claims`)
     inline: bool = False  # its small result goes to the clients with the news it is done
+    # its small result (serializer name, frames), kept to relay to the workers of its dependents
+    relayed: tuple[str, list[bytes]] | None = None
     # worker restrictions: addresses or names it may run on (None: any); ``loose``: only a preference
     restrictions: frozenset[str] | None = None
     loose: bool = False

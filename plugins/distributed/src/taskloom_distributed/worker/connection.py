@@ -16,6 +16,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from taskloom.serialize import deserialize
+
 from ..batched import BatchedSend
 from ..comm import Comm, CommClosedError, connect, connect_handshake
 from .dump import worker_state
@@ -115,7 +117,7 @@ async def scheduler_message(worker: Worker, msg: dict[str, Any]) -> None:
     op = msg["op"]
     worker.events.append((time.time(), op, msg["key"] if "key" in msg else list(msg.get("keys", ()))))
     if op == "compute-task":
-        worker._do(worker.state.compute_task(msg))
+        worker._do(worker.state.compute_task(msg, _relayed_inputs(msg)))
     elif op == "free-keys":
         worker._do(worker.state.free(msg["keys"]))
     elif op == "plugins":
@@ -158,3 +160,18 @@ async def metrics_loop(worker: Worker) -> None:
             await asyncio.wait_for(worker.closed.wait(), worker.heartbeat_interval)  # also a heartbeat
         except TimeoutError:
             pass
+
+
+def _relayed_inputs(msg: dict[str, Any]) -> dict[Any, Any] | None:
+    """The small input values the scheduler relays inside a compute-task message, loaded (one
+    that cannot be loaded here is left out: it is fetched from a holder like any other)."""
+    data = msg.get("data")
+    if not data:
+        return None
+    out = {}
+    for key, (name, frames) in data.items():
+        try:
+            out[key] = deserialize(name, frames)
+        except Exception:
+            logger.exception("worker: could not load the relayed value of %r; it will be fetched", key)
+    return out

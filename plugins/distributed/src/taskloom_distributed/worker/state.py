@@ -40,6 +40,7 @@ class WorkerTask:
     dependents: set[Any] = attrs.Factory(set)
     who_has: list[str] = attrs.Factory(list)
     inline: bool = False  # a client waits for it: a small result goes back with the news
+    relay: int = 0  # its result, if at most this many bytes pickled, goes to the scheduler to relay
 
 
 class WorkerState:
@@ -62,8 +63,12 @@ class WorkerState:
         self.prefetch = 0
         self.in_flight: dict[str, set[Any]] = {}  # peer -> keys being fetched from it
 
-    def compute_task(self, msg: dict[str, Any]) -> Instructions:
+    def compute_task(self, msg: dict[str, Any], inputs: dict[Any, Any] | None = None) -> Instructions:
+        """Run ``msg["key"]`` once its inputs are here; ``inputs``: input values that came with
+        the message (small results the scheduler relays), held from now on like fetched ones."""
         key = msg["key"]
+        if inputs:
+            self._relayed(inputs)
         ts = self.tasks.get(key)
         if ts is None:
             ts = self.tasks[key] = WorkerTask(key)
@@ -78,6 +83,7 @@ class WorkerState:
             return []
         ts.spec, ts.priority = msg["spec"], tuple(msg["priority"])
         ts.inline = "inline" in msg
+        ts.relay = msg.get("relay", 0)
         ts.dependencies = set(msg["who_has"])
         ts.missing = {d for d in ts.dependencies if d not in self.data}
         out: Instructions = []
@@ -102,6 +108,30 @@ class WorkerState:
                 self.following.add(key)
                 out.append(("follow", dep, key))
         return out + self._schedule()
+
+    def _relayed(self, inputs: dict[Any, Any]) -> None:
+        for key, value in inputs.items():
+            dts = self.tasks.get(key)
+            if dts is None:
+                dts = self.tasks[key] = WorkerTask(key)
+            elif dts.state not in ("new", "fetch", "flight", "error"):
+                continue  # computed here (or about to be): the scheduler did not know yet
+            if dts.state == "flight":  # the fetch under way stores the same value again
+                for keys in self.in_flight.values():
+                    keys.discard(key)
+            self._arrived(dts, value)
+
+    def _arrived(self, dts: WorkerTask, value: Any) -> None:
+        """An input is here (fetched, or relayed): the tasks waiting only for it are ready."""
+        key = dts.key
+        self.data[key] = value
+        dts.state = "memory"
+        for dependent in list(dts.dependents):
+            ts = self.tasks.get(dependent)
+            if ts is not None and key in ts.missing:
+                ts.missing.discard(key)
+                if not ts.missing and ts.state == "waiting":
+                    self._make_ready(ts)
 
     def unfollow(self, key: Any) -> Instructions:
         """``key`` did not follow its input after all (the input had finished, or failed): it waits
@@ -220,17 +250,11 @@ class WorkerState:
         self.in_flight.get(peer, set()).difference_update(data)
         out: Instructions = [("send", {"op": "add-keys", "keys": {k: 0 for k in data}})]
         for key, value in data.items():
-            self.data[key] = value
             dts = self.tasks.get(key)
             if dts is None:
-                continue
-            dts.state = "memory"
-            for dependent in list(dts.dependents):
-                ts = self.tasks.get(dependent)
-                if ts is not None and key in ts.missing:
-                    ts.missing.discard(key)
-                    if not ts.missing and ts.state == "waiting":
-                        self._make_ready(ts)
+                self.data[key] = value
+            else:
+                self._arrived(dts, value)
         return out + self._schedule()
 
     def fetch_failed(self, peer: str, keys: list[Any], reason: str) -> Instructions:
