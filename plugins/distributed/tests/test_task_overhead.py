@@ -94,3 +94,33 @@ def test_runner_reports_every_result_on_the_loop_and_its_threads_end() -> None:
     assert bad.key == "bad" and bad.value == ("error", "traceback") and bad.epoch == 7
     assert all(o.start <= o.stop for o in reported)
     assert not any(t.is_alive() for t in threads)
+
+
+# -- the garbage collector's first threshold while a scheduler or worker runs ----------------------
+def _thresholds() -> tuple[int, ...]:
+    import gc
+
+    return gc.get_threshold()
+
+
+def test_a_cluster_raises_the_collector_threshold_while_it_runs_and_puts_it_back() -> None:
+    import gc
+
+    import taskloom
+    from taskloom_distributed import Client
+
+    before = gc.get_threshold()
+    with Client(n_workers=1, threads_per_worker=1) as client:
+        assert gc.get_threshold()[0] == 10_000 and gc.get_threshold()[1:] == before[1:]
+        assert [t[0] for t in client.run(_thresholds).values()] == [10_000]  # the worker process
+    assert gc.get_threshold() == before
+    with taskloom.config.set({"distributed.admin.gc_threshold": 0}):
+        with Client(n_workers=1, threads_per_worker=1, processes=False):
+            assert gc.get_threshold() == before  # 0: the collector is left alone
+    with taskloom.config.set({"distributed.admin.gc_threshold": 20_000}):
+        with Client(n_workers=1, threads_per_worker=1, processes=False):  # scheduler and worker here
+            assert gc.get_threshold()[0] == 20_000
+            with Client(n_workers=1, threads_per_worker=1, processes=False):
+                assert gc.get_threshold()[0] == 20_000
+            assert gc.get_threshold()[0] == 20_000  # the first cluster still runs
+    assert gc.get_threshold() == before

@@ -60,7 +60,10 @@ def taskloom_config_defaults() -> dict[str, Any]:
                 "wait_count": 3,  # consecutive decisions to retire a worker before it is retired
                 "target_duration": 5.0,  # seconds the queued work should take: workers wanted
             },
-            "admin": {"log_length": 1000},  # recent log records and events kept, for dumps
+            "admin": {
+                "log_length": 1000,  # recent log records and events kept, for dumps
+                "gc_threshold": 10_000,  # the collector's first threshold while a scheduler/worker runs
+            },
             "nanny": {"log_directory": None},  # where each cluster's worker logs go (default: temp)
             "comm": {
                 "auth": None,  # shared token (TASKLOOM_DISTRIBUTED__COMM__AUTH)

@@ -99,7 +99,7 @@ class TaskPickler:
             placeholder = self._blobs[func] = _PickledFunction(cloudpickle.dumps(func, protocol=5))
         return placeholder
 
-    def dumps(self, key: Key, task: Task) -> Serialized:
+    def dumps(self, key: Key, task: Task) -> Serialized | bytes:
         """``task`` as frames; raises :class:`SerializationError` naming ``key`` and the path to
         whatever cannot be pickled."""
         try:
@@ -111,22 +111,31 @@ class TaskPickler:
                 frames = pickle_dumps(plain)
                 header = frames[0]
                 if _MAIN[0] not in header and _MAIN[1] not in header and not _names_registered(header):
-                    return Serialized("pickle", frames)
+                    return _spec("pickle", frames)
         except Exception:
             pass
         return dumps_task(key, task)
 
 
-def dumps_task(key: Key, task: Task) -> Serialized:
+def _spec(name: str, frames: list[Any]) -> Serialized | bytes:
+    """A task specification as it travels: a pickle without out-of-band buffers (nearly every
+    task) as plain bytes -- the scheduler relays them as a msgpack ``bin``, no Python object per
+    task on the way, and the worker loads them with ``pickle.loads`` -- else ``Serialized``."""
+    if len(frames) == 1 and type(frames[0]) is bytes:
+        return frames[0]  # cloudpickle's output loads with pickle.loads too
+    return Serialized(name, frames)
+
+
+def dumps_task(key: Key, task: Task) -> Serialized | bytes:
     """``task`` as frames with cloudpickle (or plain pickle when the function allows); an object
     that cannot be pickled at all is reported at submit time with the path to it and the key."""
     if not _by_value(task.func):
         try:
-            return Serialized("pickle", pickle_dumps(task))
+            return _spec("pickle", pickle_dumps(task))
         except Exception:
             pass
     try:
-        return Serialized("cloudpickle", cloudpickle_dumps(task))
+        return _spec("cloudpickle", cloudpickle_dumps(task))
     except Exception as exc:
         path, bad = find_unpicklable(task) or ("the task", task)
         raise SerializationError(

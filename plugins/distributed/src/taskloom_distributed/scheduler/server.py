@@ -19,7 +19,7 @@ from typing import Any
 
 from taskloom import config
 
-from .. import logbuffer
+from .. import gctune, logbuffer
 from ..batched import BatchedSend
 from ..comm import Comm, CommClosedError, HandshakeError, Security, Serialized, accept, listen
 from .dump import cluster_state
@@ -54,6 +54,7 @@ class Scheduler:
         # the config.set values of each client, shipped to every worker (see _client_config)
         self.client_configs: dict[str, Any] = {}
         self._configs_of_client: dict[Any, set[str]] = {}
+        self._gc_raised = False  # see gctune: raised while it runs
         self.state = SchedulerState(
             int(config.get("distributed.scheduler.allowed_failures", 3)),
             int(config.get("distributed.scheduler.relay_bytes", RELAY_BYTES) or 0),
@@ -82,9 +83,14 @@ class Scheduler:
         self.lifecycle.start()
         self.watchdog.start()
         self.stealer.start()
+        gctune.raise_threshold()
+        self._gc_raised = True
         return self
 
     async def close(self) -> None:
+        if self._gc_raised:
+            self._gc_raised = False
+            gctune.restore_threshold()
         self.lifecycle.stop()
         self.watchdog.stop()
         self.stealer.stop()

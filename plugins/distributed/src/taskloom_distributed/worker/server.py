@@ -32,6 +32,7 @@ import gc
 import logging
 import math
 import os
+import pickle
 import shutil
 import signal
 import ssl
@@ -50,7 +51,7 @@ from taskloom.errors import WorkerPluginError
 from taskloom.worker import Worker as CoreWorker
 from taskloom.worker import WorkerRuntime
 
-from .. import logbuffer
+from .. import gctune, logbuffer
 from ..batched import BatchedSend
 from ..comm import Comm, CommClosedError, Security, Serialized, listen
 from ..nanny.process import nanny_link
@@ -102,6 +103,7 @@ class Worker:
             client_ssl_context = security.client_context()
         self.client_ssl_context = client_ssl_context  # for connections this worker opens
         self.owns_process = owns_process
+        self._gc_raised = False  # see gctune: raised while it runs
         self.configs: dict[str, Any] = {}  # client config id -> its config.set values
         self.nthreads = nthreads
         self.memory_limit = parse_memory_limit(memory_limit, nthreads)
@@ -190,6 +192,8 @@ class Worker:
             # collector stops rescanning it in every full collection (with short tasks, a tenth of
             # the worker's time went there)
             gc.freeze()
+        gctune.raise_threshold()
+        self._gc_raised = True
         return self
 
     def _spawn(self, coro: Any) -> None:
@@ -202,6 +206,9 @@ class Worker:
             return
         logger.info("worker %s closing: %s", self.address, reason)
         self.closed.set()
+        if self._gc_raised:
+            self._gc_raised = False
+            gctune.restore_threshold()
         if self.nanny is not None:  # so it does not restart this worker as if it had crashed
             self.nanny.closing(reason, self._lost_scheduler)
         if self.stream is not None:
@@ -396,7 +403,10 @@ class Worker:
             config_id = None
             if type(spec) is tuple:  # (spec, id of the submitting client's config)
                 spec, config_id = spec
-            task = spec.load() if isinstance(spec, Serialized) else spec
+            if type(spec) is bytes:  # a task pickled without out-of-band buffers (see client.pickling)
+                task = pickle.loads(spec)
+            else:
+                task = spec.load() if isinstance(spec, Serialized) else spec
             if runtime.observes_transitions:
                 runtime.transition(key, "ready", "executing")
             if config_id is None:
