@@ -20,6 +20,7 @@ from taskloom_distributed import Client
 from taskloom_distributed.nanny.slots import key_digest
 from taskloom_distributed.scheduler.state import Messages, SchedulerState
 from taskloom_distributed.scheduler.stealing import WorkStealing
+from taskloom_distributed.scheduler.tasks import TaskState
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -71,6 +72,23 @@ def test_a_restricted_task_waits_for_an_allowed_worker_and_runs_when_one_joins(
     assert "'worker-b'" in caplog.text and "'x'" in caplog.text and "wait" in caplog.text
     out = st.add_worker(B, name="worker-b")
     assert computes(out) == {"x": B}
+
+
+def test_the_stall_report_and_the_cluster_dump_show_a_tasks_worker_restrictions() -> None:
+    from taskloom_distributed.scheduler.dump import _task
+    from taskloom_distributed.scheduler.watchdog import Stall, stuck_tasks
+
+    st = SchedulerState()
+    st.add_worker(A)
+    submit(st, {"x": []}, ["x"], workers=["worker-b"])
+    submit(st, {"y": []}, ["y"], workers=["worker-b"], allow_other_workers=True)
+    tasks, total = stuck_tasks(st)
+    assert total == 2 and {t["key"]: t["state"] for t in tasks} == {"x": "no-worker", "y": "processing"}
+    message = Stall(60.0, total, tasks, 60.0).message()
+    assert "'x' ready, but no running worker it may run on (workers=['worker-b'])" in message
+    assert _task(st.tasks["x"])["restrictions"] == ["worker-b"] and not _task(st.tasks["x"])["loose"]
+    assert _task(st.tasks["y"])["loose"] is True
+    assert "restrictions" not in _task(TaskState("z"))  # unrestricted
 
 
 def test_a_restricted_task_whose_worker_dies_waits_for_it_to_come_back() -> None:

@@ -50,6 +50,9 @@ def _task(ts: TaskState) -> dict[str, Any]:
         out["erred_on"] = repr(ts.erred_on)
     if ts.deaths:
         out["deaths"] = plain(ts.deaths)
+    if ts.restrictions is not None:  # workers= of its submission: where it may run (or prefers to)
+        out["restrictions"] = sorted(ts.restrictions)
+        out["loose"] = ts.loose
     return out
 
 

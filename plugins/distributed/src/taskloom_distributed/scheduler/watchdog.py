@@ -71,6 +71,8 @@ def _describe(task: dict[str, Any]) -> str:
     if task["state"] == "processing":
         return f"{key} processing on {task['worker']} ({task['name']})"
     if task["state"] == "no-worker":
+        if task.get("restrictions"):
+            return f"{key} ready, but no running worker it may run on (workers={task['restrictions']!r})"
         return f"{key} ready, but no running worker can take it"
     waiting = task.get("waiting_on") or []
     return f"{key} waiting on {waiting!r}"
@@ -94,7 +96,10 @@ def stuck_tasks(st: SchedulerState, limit: int = MAX_LISTED) -> tuple[list[dict[
         worker, name = (ws.address, ws.name) if ws is not None else ("?", "?")
         chosen.append({"key": ts.key, "state": "processing", "worker": worker, "name": name})
     for ts in sorted(unrunnable, key=lambda t: t.priority)[: limit - len(chosen)]:
-        chosen.append({"key": ts.key, "state": "no-worker", "worker": None, "name": None})
+        restrictions = sorted(ts.restrictions) if ts.restrictions is not None and not ts.loose else None
+        chosen.append(
+            {"key": ts.key, "state": "no-worker", "worker": None, "name": None, "restrictions": restrictions}
+        )
     for ts in sorted(waiting, key=lambda t: t.priority)[: limit - len(chosen)]:
         on = sorted((d.key for d in ts.waiting_on), key=repr)
         chosen.append({"key": ts.key, "state": "waiting", "worker": None, "name": None, "waiting_on": on[:5]})
