@@ -220,3 +220,46 @@ def test_an_in_process_peer_that_sends_nothing_times_out() -> None:
             server.close()
 
     asyncio.run(main())
+
+
+def test_a_batched_stream_writes_the_first_message_after_a_quiet_spell_at_once_and_batches_the_rest() -> None:
+    from taskloom_distributed.batched import BatchedSend
+
+    async def main() -> None:
+        received: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def handler(comm: Any) -> None:
+            comm.set_authenticated()
+            while True:
+                try:
+                    await received.put(await comm.read())
+                except CommClosedError:
+                    return
+
+        server = await listen("127.0.0.1", 0, handler)
+        address = f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        try:
+            tcp = await connect(address, local=False)
+            stream = BatchedSend(tcp, interval=0.05)
+            stream.send({"n": 1})
+            assert stream.writes == 1  # written from send() itself, not by the background task
+            for n in (2, 3, 4):
+                stream.send({"n": n})  # within the interval: they wait and go together
+            assert stream.writes == 1
+            assert await received.get() == ({"n": 1},)
+            assert await received.get() == ({"n": 2}, {"n": 3}, {"n": 4})
+            assert stream.writes == 2
+            await stream.close()
+            tcp.close()
+            local = await connect(address)
+            assert isinstance(local, InProcComm)
+            stream = BatchedSend(local)
+            stream.send({"n": 5}, {"n": 6})
+            assert stream.writes == 1 and received.empty()  # delivered; read on the next turn
+            assert await received.get() == ({"n": 5}, {"n": 6})
+            await stream.close()
+            local.close()
+        finally:
+            server.close()
+
+    asyncio.run(main())

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from .comm import Comm, CommClosedError
+from .comm import Comm, CommClosedError, dumps
 
 logger = logging.getLogger("taskloom.distributed")
 
@@ -23,19 +24,69 @@ class BatchedSend:
 
     def __init__(self, comm: Comm, interval: float = 0.0) -> None:
         self.comm = comm
+        # an in-process peer (comm.inproc) takes a batch at once, with no write to wait for
+        self._direct: Callable[[Any], int] | None = getattr(comm, "send_nowait", None)
+        # with an interval, the first batch after a quiet spell is written at once, from send()
+        self._now: Callable[[list[Any]], bool] | None = (
+            getattr(comm, "write_frames_nowait", None) if interval else None
+        )
+        self._writing = False  # the background task is writing a batch
         self.buffer: list[Any] = []
         self.interval = interval
         self.writes = 0  # writes so far (each a batch of messages)
         self._last = 0.0  # loop time of the last write
         self._wake = asyncio.Event()
         self._closed = False
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        self.task = self._loop.create_task(self._run())
 
     def send(self, *msgs: Any) -> None:
         if self._closed:
             raise CommClosedError(f"batched stream to {self.comm.peer} is closed")
+        if self._direct is not None:
+            self._send_direct(list(msgs))
+            return
+        if (
+            self._now is not None
+            and not self.buffer
+            and not self._writing
+            and self._loop.time() - self._last >= self.interval
+            and self._write_now(list(msgs))
+        ):
+            return
         self.buffer.extend(msgs)
         self._wake.set()
+
+    def _write_now(self, batch: list[Any]) -> bool:
+        """Write ``batch`` without waiting for the background task; False if the connection
+        cannot take it at once (a large frame, a full buffer, a write under way)."""
+        assert self._now is not None
+        try:
+            frames = dumps(batch)
+        except Exception:  # as in _run
+            logger.exception("batched stream to %s failed", self.comm.peer)
+            self._closed = True
+            self.comm.close()
+            return True
+        if not self._now(frames):
+            return False
+        self.writes += 1
+        self._last = self._loop.time()
+        return True
+
+    def _send_direct(self, batch: list[Any]) -> None:
+        assert self._direct is not None
+        try:
+            self._direct(batch)
+        except CommClosedError:
+            self._closed = True
+            raise
+        except Exception:  # as in _run: an unpicklable message ends the stream, loudly
+            logger.exception("batched stream to %s failed", self.comm.peer)
+            self._closed = True
+            self.comm.close()
+            return
+        self.writes += 1
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -51,7 +102,11 @@ class BatchedSend:
                         await asyncio.sleep(wait)
                 batch, self.buffer = self.buffer, []
                 self.writes += 1
-                await self.comm.write(batch)
+                self._writing = True
+                try:
+                    await self.comm.write(batch)
+                finally:
+                    self._writing = False
                 self._last = loop.time()
         except CommClosedError:
             self._closed = True

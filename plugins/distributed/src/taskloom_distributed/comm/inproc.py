@@ -112,6 +112,9 @@ class InProcComm:
         return loads(await self.read_frames(idle_timeout), unpickle=self.unpickle)
 
     async def write_frames(self, frames: list[Any], idle_timeout: float | None = None) -> int:
+        return self._deliver(frames)
+
+    def _deliver(self, frames: list[Any]) -> int:
         from .tcp import CommClosedError
 
         other = self._other
@@ -123,7 +126,11 @@ class InProcComm:
         return sum(len(f) for f in copied)
 
     async def write(self, msg: Any, idle_timeout: float | None = None) -> int:
-        return await self.write_frames(dumps(msg), idle_timeout)
+        return self.send_nowait(msg)
+
+    def send_nowait(self, msg: Any) -> int:
+        """Send ``msg`` now (nothing to wait for in process); :class:`BatchedSend` uses this."""
+        return self._deliver(dumps(msg))
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -346,6 +346,18 @@ class Comm:
             await self.protocol.drain(idle_timeout)
         return sum(sizes)
 
+    def write_frames_nowait(self, frames: list[Any]) -> bool:
+        """Write a message of small ``bytes`` frames at once, if the connection can take it now
+        (no write under way, its buffer not full); False and nothing written otherwise."""
+        if self._write_lock.locked() or self.closed or self.protocol._paused:
+            return False
+        for f in frames:
+            if type(f) is not bytes or len(f) > _CHUNK:
+                return False
+        header = _U64.pack(len(frames)) + struct.pack(f"<{len(frames)}Q", *map(len, frames))
+        self.transport.write(header + b"".join(frames))
+        return True
+
     async def write(self, msg: Any, idle_timeout: float | None = None) -> int:
         return await self.write_frames(dumps(msg), idle_timeout)
 
