@@ -54,7 +54,8 @@ def x_and_y_then_z(st: SchedulerState) -> dict[Any, tuple[str, dict[str, Any]]]:
 def test_a_small_input_from_another_worker_travels_inside_the_task_message() -> None:
     st = two_workers()
     sent = x_and_y_then_z(st)
-    assert sent["x"][1]["relay"] == 1024 and sent["y"][1]["relay"] == 1024  # they have a dependent
+    # they have a dependent: small results come with the news (limit, dependents anywhere)
+    assert sent["x"][1]["relay"] == (1024, 1) and sent["y"][1]["relay"] == (1024, 1)
     st.task_finished(sent["x"][0], "x", 5, "bytes", value=VALUE)
     out = st.task_finished(sent["y"][0], "y", 5, "bytes", value=VALUE)
     where, msg = computes(out)["z"]
@@ -83,12 +84,26 @@ def test_relaying_is_off_with_relay_bytes_0_and_for_results_sent_without_a_value
 # -- the worker ------------------------------------------------------------------------------------
 def test_a_worker_runs_a_task_whose_inputs_came_with_it_without_fetching() -> None:
     ws = WorkerState(1, A)
-    msg = {"key": "z", "spec": "spec-z", "priority": (0,), "who_has": {"y": [B]}, "relay": 64}
+    msg = {"key": "z", "spec": "spec-z", "priority": (0,), "who_has": {"y": [B]}, "relay": (64, 1)}
     assert ws.compute_task(msg, {"y": b"small"}) == [("execute", "z")]
     assert ws.data["y"] == b"small" and ws.tasks["y"].state == "memory"
     assert ws.tasks["z"].relay == 64
     ws.free(["y"])
     assert "y" not in ws.data and "y" not in ws.tasks
+
+
+def test_a_worker_sends_a_small_result_only_when_a_dependent_runs_elsewhere_or_a_client_waits() -> None:
+    ws = WorkerState(1, A)
+    ws.inline_limit = 4096
+    base = {"spec": "s", "priority": (0,), "who_has": {}}
+    ws.compute_task({**base, "key": "x", "relay": (64, 2)})  # two dependents somewhere
+    ws.compute_task({**base, "key": "x1", "who_has": {"x": []}})  # one of them here (claimed)
+    assert ws.relay_limit("x") == 64  # the other is elsewhere: it needs x's value relayed
+    ws.compute_task({**base, "key": "x2", "who_has": {"x": []}})
+    assert ws.relay_limit("x") == 0  # both here: nothing to relay
+    ws.compute_task({**base, "key": "w", "inline": True, "relay": (64, 1)})
+    assert ws.relay_limit("w") == 4096  # a client waits for it
+    assert ws.relay_limit("unknown") == 0
 
 
 def test_an_input_being_fetched_that_comes_with_a_task_message_serves_every_task_waiting_for_it() -> None:

@@ -42,9 +42,11 @@ def decide_worker(st: SchedulerState, ts: TaskState) -> WorkerInfo | None:
         first = min(st.running.values(), key=lambda w: len(w.processing) / w.nthreads)
         st._run = (first, st._run_length - 1)
         return first
-    holders = {ws for dep in ts.dependencies for ws in dep.who_has if ws.status == "running"}
-    if holders and len(st.running) > 8 and ts.restrictions is None:
-        candidates = holders | {min(st.running.values(), key=lambda w: len(w.processing) / w.nthreads)}
+    if len(st.running) > 8 and ts.restrictions is None:  # (few workers: all are weighed)
+        holders = {ws for dep in ts.dependencies for ws in dep.who_has if ws.status == "running"}
+        if holders:
+            least = min(st.running.values(), key=lambda w: len(w.processing) / w.nthreads)
+            candidates = holders | {least}
     best, best_cost = None, float("inf")
     for ws in candidates:
         missing = 0

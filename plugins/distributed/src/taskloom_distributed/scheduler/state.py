@@ -247,28 +247,32 @@ class SchedulerState:
         """
         if ws is None:
             ws = ts.processing_on
+        who_has: dict[Any, list[str]] = {}
+        nbytes: dict[Any, int] = {}
         msg = {
             "op": "compute-task",
             "key": ts.key,
             "spec": ts.spec,
             "priority": ts.priority,
-            "who_has": {d.key: [w.address for w in d.who_has] for d in ts.dependencies},
-            "nbytes": {d.key: d.nbytes for d in ts.dependencies},
+            "who_has": who_has,
+            "nbytes": nbytes,
         }
         if ts.inline and ts.who_wants:  # a client waits for it: a small result comes with the news
             msg["inline"] = True
-        if ts.dependents and self.relay_bytes:
-            msg["relay"] = self.relay_bytes
-        if ws is not None and ts.dependencies:
-            data = None
-            for d in ts.dependencies:
-                if d.relayed is not None and d.state == "memory" and ws not in d.who_has:
-                    if data is None:
-                        data = msg["data"] = {}
-                    data[d.key] = d.relayed
-                    d.who_has.add(ws)
-                    ws.has_what.add(d)
-                    ws.nbytes += d.nbytes
+        if ts.dependents and self.relay_bytes:  # (the worker skips it when they all run there)
+            msg["relay"] = (self.relay_bytes, len(ts.dependents))
+        data = None
+        for d in ts.dependencies:
+            holders = d.who_has
+            who_has[d.key] = [w.address for w in holders]
+            nbytes[d.key] = d.nbytes
+            if d.relayed is not None and ws is not None and ws not in holders and d.state == "memory":
+                if data is None:
+                    data = msg["data"] = {}
+                data[d.key] = d.relayed
+                holders.add(ws)
+                ws.has_what.add(d)
+                ws.nbytes += d.nbytes
         return msg
 
     # -- workers -------------------------------------------------------------------------------

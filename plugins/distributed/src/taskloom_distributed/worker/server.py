@@ -141,6 +141,7 @@ class Worker:
         self.heartbeat_interval = float(tl_config.get("distributed.worker.heartbeat_interval", 0.5))
         # a result a client waits for, up to this many bytes, travels with the task-finished report
         self.inline_limit = int(tl_config.get("distributed.worker.inline_result_bytes", 65536) or 0)
+        self.state.inline_limit = self.inline_limit
         self.reconnect_timeout = float(tl_config.get("distributed.worker.reconnect_timeout", 10))
         self._epoch = 0  # bumped each time the worker drops everything to register afresh
         self._lost_scheduler = False
@@ -340,7 +341,7 @@ class Worker:
     def _report(self, outcomes: list[Outcome]) -> None:
         """Tasks the threads finished (on the loop): the state machine is told, then the scheduler."""
         state, stream, events = self.state, self.stream, self.events
-        mean, inline_limit, tasks = self._mean_duration, self.inline_limit, state.tasks
+        mean = self._mean_duration
         for o in outcomes:
             if o.epoch != self._epoch:  # registered afresh since: this result is nobody's any more
                 continue
@@ -349,6 +350,7 @@ class Worker:
                 continue
             if o.ok:
                 value = o.value
+                limit = state.relay_limit(o.key)
                 self._do(state.executed(o.key, value, stored=o.stored))
                 duration = o.stop - o.start
                 mean = 0.5 * mean + 0.5 * duration
@@ -362,13 +364,10 @@ class Worker:
                     "start": o.start,
                     "stop": o.stop,
                 }
-                ts = tasks.get(o.key)
-                if ts is not None and (ts.inline or ts.relay):
-                    limit = max(inline_limit if ts.inline else 0, ts.relay)
-                    if nbytes <= limit:
-                        packed = _inline_value(value, limit)
-                        if packed is not None:
-                            msg["value"] = packed
+                if limit and nbytes <= limit:
+                    packed = _inline_value(value, limit)
+                    if packed is not None:
+                        msg["value"] = packed
             else:
                 self._do(state.executed(o.key, error=True))
                 exc, tb = o.value

@@ -41,6 +41,7 @@ class WorkerTask:
     who_has: list[str] = attrs.Factory(list)
     inline: bool = False  # a client waits for it: a small result goes back with the news
     relay: int = 0  # its result, if at most this many bytes pickled, goes to the scheduler to relay
+    dependents_anywhere: int = 0  # its dependents on any worker when it was sent (see relay)
 
 
 class WorkerState:
@@ -62,6 +63,7 @@ class WorkerState:
         # worker raises it while tasks are short, so a thread never waits for the loop between two
         self.prefetch = 0
         self.in_flight: dict[str, set[Any]] = {}  # peer -> keys being fetched from it
+        self.inline_limit = 0  # bytes: a result a client waits for comes with the news (see server)
 
     def compute_task(self, msg: dict[str, Any], inputs: dict[Any, Any] | None = None) -> Instructions:
         """Run ``msg["key"]`` once its inputs are here; ``inputs``: input values that came with
@@ -83,7 +85,7 @@ class WorkerState:
             return []
         ts.spec, ts.priority = msg["spec"], tuple(msg["priority"])
         ts.inline = "inline" in msg
-        ts.relay = msg.get("relay", 0)
+        ts.relay, ts.dependents_anywhere = msg.get("relay", (0, 0))
         ts.dependencies = set(msg["who_has"])
         ts.missing = {d for d in ts.dependencies if d not in self.data}
         out: Instructions = []
@@ -278,6 +280,16 @@ class WorkerState:
                     ("send", {"op": "missing-data", "key": key, "errant_worker": peer, "reason": reason})
                 )
         return out
+
+    def relay_limit(self, key: Any) -> int:
+        """How large a result of ``key`` may be (pickled) to go to the scheduler with the news
+        that it is done: for a client waiting for it, or to relay to dependents elsewhere (none
+        when every dependent it had when sent is here); call before :meth:`executed`."""
+        ts = self.tasks.get(key)
+        if ts is None:
+            return 0
+        relay = ts.relay if len(ts.dependents) < ts.dependents_anywhere else 0
+        return max(self.inline_limit if ts.inline else 0, relay)
 
     def executed(
         self, key: Any, value: Any = None, error: bool = False, stored: bool = False
