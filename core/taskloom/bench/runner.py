@@ -43,6 +43,8 @@ _MILLION_MAX_REPEAT = 3
 Get = Callable[[dict[Any, Any], Any], Any]
 Setup = Callable[[], AbstractContextManager[dict[str, Any]]]
 """What a scheduler needs around its runs (an executor, a cluster): a context giving get() kwargs."""
+DaskSetup = Callable[[], AbstractContextManager[Get]]
+"""What a Dask counterpart needs around its runs of one workload: a context giving its get."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +107,7 @@ def run_cli(args: argparse.Namespace) -> int:
     report = Report(command=_command_line(args), machine=machine, settings=settings)
     specs = _runnable(chosen, bool(args.scheduler), report)
     with ExitStack() as stack:
-        dask_gets: dict[str, tuple[str, Get]] = {}
+        dask_gets: dict[str, tuple[str, DaskSetup]] = {}
         if args.compare == "dask":
             dask_gets = _dask_counterparts(specs, workers, stack, report)
         print(format_machine(report), flush=True)
@@ -223,7 +225,7 @@ def _bench_workload(
     w: Workload,
     size: int,
     specs: dict[str, tuple[SchedulerSpec, Setup]],
-    dask_gets: dict[str, tuple[str, Get]],
+    dask_gets: dict[str, tuple[str, DaskSetup]],
     workers: int,
     timing: _Timing,
 ) -> None:
@@ -245,9 +247,14 @@ def _bench_workload(
             print(f"  {name:<28} ERROR {row.error}", flush=True)
         report.rows.append(row)
         if name in dask_gets:
-            label, get = dask_gets[name]
+            label, dask_setup = dask_gets[name]
             theirs = Row(w.name, label, "dask", tasks, baseline_s=baseline_s, pair=name)
-            _measure(theirs, get, graph, out, expected, timing)
+            try:
+                with dask_setup() as get:  # e.g. Dask's cluster: up only while Dask runs
+                    _measure(theirs, get, graph, out, expected, timing)
+            except Exception as exc:  # the setup itself failed
+                theirs.error = _describe(exc)
+                print(f"  {label + ' (dask)':<28} ERROR {theirs.error}", flush=True)
             report.rows.append(theirs)
 
 
@@ -318,10 +325,16 @@ def _peak_bytes(fn: Callable[[], Any]) -> int:
         tracemalloc.stop()
 
 
+def _ready(get: Get) -> DaskSetup:
+    """A Dask counterpart that needs nothing around it."""
+    return lambda: nullcontext(get)
+
+
 def _dask_counterparts(
     specs: dict[str, Any], workers: int, stack: ExitStack, report: Report
-) -> dict[str, tuple[str, Get]]:
-    """For each taskloom scheduler with a Dask equivalent: (Dask's name, a get running the same graph)."""
+) -> dict[str, tuple[str, DaskSetup]]:
+    """For each taskloom scheduler with a Dask equivalent: (Dask's name, a setup giving a get that
+    runs the same graph)."""
     try:
         import dask.local
         import dask.threaded
@@ -329,42 +342,46 @@ def _dask_counterparts(
         report.notes.append(f"--compare dask: dask is not importable ({exc}); Dask not measured")
         print(f"note: {report.notes[-1]}", file=sys.stderr)
         return {}
-    out: dict[str, tuple[str, Get]] = {}
+    out: dict[str, tuple[str, DaskSetup]] = {}
     if "sync" in specs:
-        out["sync"] = ("dask.local.get_sync", lambda g, k: dask.local.get_sync(g, k))
+        out["sync"] = ("dask.local.get_sync", _ready(lambda g, k: dask.local.get_sync(g, k)))
     if "threads" in specs:
-        out["threads"] = ("dask.threaded.get", lambda g, k: dask.threaded.get(g, k, num_workers=workers))
+        threaded: Get = lambda g, k: dask.threaded.get(g, k, num_workers=workers)  # noqa: E731
+        out["threads"] = ("dask.threaded.get", _ready(threaded))
     if "processes" in specs:
-        out["processes"] = ("dask.multiprocessing.get", _dask_processes(workers, stack, report))
+        out["processes"] = ("dask.multiprocessing.get", _ready(_dask_processes(workers, stack, report)))
     if "distributed" in specs:
-        dist = _dask_distributed(workers, stack, report)
+        dist = _dask_distributed(workers, report)
         if dist is not None:
             out["distributed"] = ("distributed.Client.get", dist)
     return out
 
 
-def _dask_distributed(workers: int, stack: ExitStack, report: Report) -> Get | None:
-    """``client.get`` of a dask.distributed LocalCluster shaped like taskloom's (``workers`` x 1 thread)."""
+def _dask_distributed(workers: int, report: Report) -> DaskSetup | None:
+    """``client.get`` of a dask.distributed LocalCluster shaped like taskloom's (``workers`` x 1
+    thread), started around Dask's runs of each workload and closed after them: an idle cluster's
+    heartbeats and monitors (its scheduler shares this process) must not weigh on taskloom's runs."""
     try:
         import distributed
     except ImportError as exc:
         report.notes.append(f"--compare dask: dask.distributed is not importable ({exc}); not measured")
         return None
-    cluster = stack.enter_context(
-        distributed.LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-        )
-    )
-    client = stack.enter_context(distributed.Client(cluster, set_as_default=False))
     report.notes.append(
         f"distributed.Client.get runs on a dask.distributed LocalCluster of {workers} worker "
-        "processes x 1 thread, like taskloom's distributed setup"
+        "processes x 1 thread, like taskloom's distributed setup, up only while Dask runs"
     )
 
-    def run(graph: dict[Any, Any], out: Any) -> Any:
-        return client.get(graph, out, sync=True)
+    @contextmanager
+    def setup() -> Iterator[Get]:
+        with (
+            distributed.LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            distributed.Client(cluster, set_as_default=False) as client,
+        ):
+            yield lambda graph, out: client.get(graph, out, sync=True)
 
-    return run
+    return setup
 
 
 def _dask_processes(workers: int, stack: ExitStack, report: Report) -> Get:
