@@ -259,6 +259,16 @@ cdef class _Run:
             self.refcount[d] += 1
         return 0
 
+    cdef inline int _flat_arg(self, int32_t j, PyObject* a) except -1:
+        """An argument that may be a key: a reference to it if it is one, else a literal."""
+        cdef int32_t r = self._lookup(a)
+        if r >= 0:
+            _ipush(&self.kinds, r)
+            self._add_dep(j, r, a)
+        else:
+            _ipush(&self.kinds, LITERAL)
+        return 0
+
     cdef int _compile(self, int32_t j) except -2:
         """Classify task ``j``'s arguments as ``compile_tuple`` does; 1 if done, 0 to give up."""
         cdef PyObject* value = self.spec[j]
@@ -278,12 +288,7 @@ cdef class _Run:
             if t == T_STR or t == T_INT or t == T_TUPLE:
                 if t == T_TUPLE and PyTuple_GET_SIZE(a) > 0 and PyCallable_Check(PyTuple_GET_ITEM(a, 0)):
                     return 0  # a nested task
-                r = self._lookup(a)
-                if r >= 0:
-                    _ipush(&self.kinds, r)
-                    self._add_dep(j, r, a)
-                else:
-                    _ipush(&self.kinds, LITERAL)
+                self._flat_arg(j, a)
             elif t == T_LIST:
                 size = PyList_GET_SIZE(a)
                 _ipush(&self.kinds, LIST - <int32_t>self.list_start.size)
@@ -304,12 +309,7 @@ cdef class _Run:
             elif t == T_DICT or t == T_REF or t == T_TASK:
                 return 0
             elif _other_atomic(t):
-                r = self._lookup(a)
-                if r >= 0:
-                    _ipush(&self.kinds, r)
-                    self._add_dep(j, r, a)
-                else:
-                    _ipush(&self.kinds, LITERAL)
+                self._flat_arg(j, a)
             else:
                 _ipush(&self.kinds, LITERAL)
         self.dep_count[j] = <int32_t>(self.deps.size - self.dep_start[j])
