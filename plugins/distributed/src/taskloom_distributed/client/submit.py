@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from taskloom.graph import Key, Task, _TupleTask, flatten_keys, pack_results
+from taskloom.graph import Key, Task, flatten_keys, pack_results
 from taskloom.local import task_events
 from taskloom.order import plan
 from taskloom.tokenize import tokenize
@@ -192,17 +192,14 @@ class Submission:
             if k in existing:
                 continue
             task = p.tasks[k]
-            if type(task) is _TupleTask and not holds_future(task.args):  # classic tuple: keys as they are
-                if names:
-                    task = task.renamed(names)
-                tasks[names.get(k, k)] = (dumps(k, task), list(task.dependencies))
-                continue
-            deps: set[Key] = set()
-            if names or holds_future(task.args):
+            if holds_future(task.args) or holds_future(task.kwargs):  # futures become their keys
+                deps: set[Key] = set()
                 task = rewrite_task(task, names, deps)
-            else:
-                deps.update(task.dependencies)
-            tasks[names.get(k, k)] = (dumps(k, task), sorted(deps, key=repr))
+                tasks[names.get(k, k)] = (dumps(k, task), sorted(deps, key=repr))
+                continue
+            if names:
+                task = task.renamed(names)
+            tasks[names.get(k, k)] = (dumps(k, task), list(task.dependencies))
         self._quiet = {names.get(k, k) for k in p.literals}
         self._errors = {}
         for k, v in p.literals.items():

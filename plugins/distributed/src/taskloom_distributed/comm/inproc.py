@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from . import tcp  # (tcp imports this module: its names are looked up when used)
 from .messages import dumps, loads
 
 Handler = Callable[[Any], Coroutine[Any, Any, None]]
@@ -88,11 +89,9 @@ class InProcComm:
 
     async def read_frames(self, idle_timeout: float | None = None) -> list[Any]:
         """The next message as frames; ``idle_timeout`` as for :meth:`~.tcp.Comm.read_frames`."""
-        from .tcp import CommClosedError, CommTimeoutError
-
         while not self._inbox:
             if self.closed:
-                raise CommClosedError(f"connection to {self.peer} is closed")
+                raise tcp.CommClosedError(f"connection to {self.peer} is closed")
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
                 if idle_timeout:
@@ -101,7 +100,7 @@ class InProcComm:
                     await waiter
             except TimeoutError:
                 self.abort()
-                raise CommTimeoutError(
+                raise tcp.CommTimeoutError(
                     f"no data from {self.peer} for {idle_timeout:g} s; connection aborted"
                 ) from None
             finally:
@@ -115,11 +114,9 @@ class InProcComm:
         return self._deliver(frames)
 
     def _deliver(self, frames: list[Any]) -> int:
-        from .tcp import CommClosedError
-
         other = self._other
         if self.closed or other is None:
-            raise CommClosedError(f"connection to {self.peer} is closed")
+            raise tcp.CommClosedError(f"connection to {self.peer} is closed")
         copied = [f if type(f) is bytes else bytes(f) for f in frames]  # a view may change later
         other._inbox.append(copied)
         other._wake()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from taskloom.errors import KilledWorkerError
 
 from ..nanny.slots import key_digest
+from . import claims
 
 if TYPE_CHECKING:
     from .state import Messages, SchedulerState, TaskState, WorkerInfo
@@ -107,11 +108,7 @@ def _recover(
 
 def _withdraw(ts: TaskState, out: Messages) -> None:
     """Take ``ts`` back from the worker it was sent to; it will be sent again."""
-    ws = ts.processing_on
-    if ws is not None:
-        ws.processing.discard(ts)
-        out.append((("worker", ws.address), {"op": "free-keys", "keys": [ts.key]}))
-    ts.processing_on = None
+    claims.unclaim(ts, out)
     ts.state = "released"
 
 
