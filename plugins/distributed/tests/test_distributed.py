@@ -77,6 +77,37 @@ def test_run_and_run_on_scheduler_and_info(client: Client) -> None:
         assert {"address", "name", "nthreads", "memory_limit", "memory", "tasks"} <= set(w)
 
 
+async def _loop_kind() -> str:
+    """Awaited on the loop it runs on: which event loop that is."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+def test_run_awaits_a_coroutine_function_on_each_workers_loop(client: Client) -> None:
+    kinds = client.run(_loop_kind)
+    assert set(kinds) == set(client.scheduler_info()["workers"])
+    assert set(kinds.values()) == {"uvloop"}  # the default, "auto", with uvloop installed
+    assert client.run_on_scheduler(_loop_kind) == "uvloop"
+
+
+def test_run_on_chosen_workers_only_and_an_unknown_address_is_named(client: Client) -> None:
+    first = sorted(client.scheduler_info()["workers"])[0]
+    assert list(client.run(os.getpid, workers=[first])) == [first]
+    with pytest.raises(ValueError, match=r"no worker at tcp://127\.0\.0\.1:1 "):
+        client.run(os.getpid, workers=["tcp://127.0.0.1:1"])
+
+
+def _unpicklable_result() -> object:
+    import threading
+
+    return threading.Lock()
+
+
+def test_run_reports_a_result_that_cannot_be_pickled_and_the_worker_keeps_serving(client: Client) -> None:
+    with pytest.raises(taskloom.serialize.SerializationError, match=r"_thread\.lock"):
+        client.run(_unpicklable_result)
+    assert len(client.run(os.getpid)) == 2
+
+
 def test_unpicklable_argument_is_reported_at_submit_with_its_path(client: Client) -> None:
     import threading
 

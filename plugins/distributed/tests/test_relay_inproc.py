@@ -278,3 +278,45 @@ def test_a_batched_stream_writes_the_first_message_after_a_quiet_spell_at_once_a
             server.close()
 
     asyncio.run(main())
+
+
+def test_a_batched_stream_measures_its_quiet_spell_finer_than_uvloops_millisecond_clock() -> None:
+    """uvloop's ``loop.time()`` moves in whole milliseconds: a stream with a sub-millisecond
+    interval must not hold back a message sent after a real quiet spell of that length."""
+    import time
+
+    import uvloop
+    from taskloom_distributed.batched import BatchedSend
+
+    interval = 0.0004
+
+    async def main() -> None:
+        received: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def handler(comm: Any) -> None:
+            comm.set_authenticated()
+            while True:
+                try:
+                    await received.put(await comm.read())
+                except CommClosedError:
+                    return
+
+        server = await listen("127.0.0.1", 0, handler)
+        address = f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        tcp = await connect(address, local=False)
+        stream = BatchedSend(tcp, interval=interval)
+        try:
+            for n in range(20):
+                sent = time.perf_counter()
+                while time.perf_counter() - sent < 1.5 * interval:  # a quiet spell, by the clock
+                    pass
+                before = stream.writes
+                stream.send({"n": n})
+                assert stream.writes == before + 1, f"message {n} was held back after a quiet spell"
+                assert await received.get() == ({"n": n},)
+        finally:
+            await stream.close()
+            tcp.close()
+            server.close()
+
+    uvloop.run(main())

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from .comm import Comm, CommClosedError, dumps
 
 logger = logging.getLogger("taskloom.distributed")
+
+# sub-millisecond intervals need a clock finer than uvloop's loop.time() (whole milliseconds)
+_clock = time.perf_counter
 
 
 class BatchedSend:
@@ -34,7 +38,7 @@ class BatchedSend:
         self.buffer: list[Any] = []
         self.interval = interval
         self.writes = 0  # writes so far (each a batch of messages)
-        self._last = 0.0  # loop time of the last write
+        self._last = 0.0  # when the last write was (time.perf_counter)
         self._wake = asyncio.Event()
         self._closed = False
         self._loop = asyncio.get_running_loop()
@@ -50,7 +54,7 @@ class BatchedSend:
             self._now is not None
             and not self.buffer
             and not self._writing
-            and self._loop.time() - self._last >= self.interval
+            and _clock() - self._last >= self.interval
             and self._write_now(list(msgs))
         ):
             return
@@ -71,7 +75,7 @@ class BatchedSend:
         if not self._now(frames):
             return False
         self.writes += 1
-        self._last = self._loop.time()
+        self._last = _clock()
         return True
 
     def _send_direct(self, batch: list[Any]) -> None:
@@ -89,7 +93,6 @@ class BatchedSend:
         self.writes += 1
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while not self._closed or self.buffer:
                 if not self.buffer:
@@ -97,7 +100,7 @@ class BatchedSend:
                     await self._wake.wait()
                     continue
                 if self.interval and not self._closed:
-                    wait = self._last + self.interval - loop.time()
+                    wait = self._last + self.interval - _clock()
                     if wait > 0:
                         await asyncio.sleep(wait)
                 batch, self.buffer = self.buffer, []
@@ -107,7 +110,7 @@ class BatchedSend:
                     await self.comm.write(batch)
                 finally:
                     self._writing = False
-                self._last = loop.time()
+                self._last = _clock()
         except CommClosedError:
             self._closed = True
         except Exception:  # an unpicklable message must not kill the stream silently

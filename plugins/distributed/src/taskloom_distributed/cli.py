@@ -18,6 +18,8 @@ import signal
 import sys
 from typing import Any
 
+from .loop import run as run_loop
+
 _TLS_HELP = {
     "ca_file": "CA certificate (PEM) that signs every certificate of the cluster",
     "cert": "this process's certificate (PEM), signed by the CA",
@@ -111,7 +113,7 @@ def run_scheduler_cmd(args: argparse.Namespace) -> int:
         await scheduler.close()
 
     try:
-        asyncio.run(main())
+        run_loop(main())
     except (ConfigError, OSError) as exc:
         return _fail("scheduler", exc)
     print("scheduler stopped", file=sys.stderr, flush=True)
@@ -154,7 +156,7 @@ def run_worker_cmd(args: argparse.Namespace) -> int:
         os._exit(0)
 
     try:
-        asyncio.run(main())
+        run_loop(main())
     except (ConfigError, HandshakeError, OSError, ValueError) as exc:
         return _fail("worker", exc)
     return 0

@@ -63,6 +63,7 @@ def taskloom_config_defaults() -> dict[str, Any]:
             "admin": {
                 "log_length": 1000,  # recent log records and events kept, for dumps
                 "gc_threshold": 10_000,  # the collector's first threshold while a scheduler/worker runs
+                "event_loop": "auto",  # "auto" (uvloop when installed), "uvloop" or "asyncio"
             },
             "nanny": {"log_directory": None},  # where each cluster's worker logs go (default: temp)
             "comm": {

@@ -255,21 +255,43 @@ class Client(Submission, SchedulerStream, KeyRefs, Results, WorkerCalls, Cluster
         out = [futures[k] for k, _ in keyed]
         return out if isinstance(data, (list, tuple)) else out[0]
 
-    def run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run ``func`` on every worker: ``{worker address: result}``."""
-        return self._sync(self._run(func, args, kwargs))
+    def run(
+        self, func: Callable[..., Any], *args: Any, workers: Iterable[str] | None = None, **kwargs: Any
+    ) -> Any:
+        """Run ``func(*args, **kwargs)`` on every worker (or on ``workers``, a list of addresses),
+        all at once: ``{worker address: result}``.
+
+        A coroutine function is awaited on each worker's event loop; any other function runs on
+        one of the worker's threads.  The first failure is raised, naming the worker.
+        """
+        return self._sync(self._run(func, args, kwargs, workers))
 
     async def _run(
-        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        workers: Iterable[str] | None = None,
     ) -> dict[str, Any]:
         info = await self._request("scheduler-info")
+        known = info["workers"]
+        if workers is None:
+            addresses = sorted(known)
+        else:
+            addresses = list(dict.fromkeys([workers] if isinstance(workers, str) else workers))
+            unknown = [a for a in addresses if a not in known]
+            if unknown:
+                listed = ", ".join(sorted(known)) or "none"
+                raise ValueError(f"run: no worker at {', '.join(unknown)} (the workers: {listed})")
+        msg = {"op": "run", "func": by_value(func), "args": Serialized.of((args, kwargs))}
+        replies = await asyncio.gather(*(self._worker_rpc(address, msg) for address in addresses))
         out = {}
-        for address in sorted(info["workers"]):
-            msg = {"op": "run", "func": by_value(func), "args": Serialized.of((args, kwargs))}
-            reply = await self._worker_rpc(address, msg)
+        for address, reply in zip(addresses, replies):
             if reply["status"] != "OK":
-                blob, text = reply["error"]
-                raise unpack_exception(blob, text, f"run on {address}")
+                error = reply["error"]
+                if isinstance(error, str):
+                    raise TaskloomError(f"run on {address} failed: {error}")
+                raise unpack_exception(error[0], error[1], f"run on {address}")
             out[address] = _loaded(reply["result"])
         return out
 

@@ -9,6 +9,7 @@ the executor) instead of holding a lock or an event per future.  User callbacks
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import concurrent.futures
 import functools
@@ -31,6 +32,34 @@ class CancelledError(concurrent.futures.CancelledError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.key, self.reason))
+
+
+class Gate:
+    """A one-shot ``threading.Event`` for threads waiting on a future: a bare lock, held until
+    :meth:`open` (several times cheaper to make, open and pass than an Event).  Every waiter
+    passes once it is open; to wait for something else, make a new one."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def open(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:  # open already
+            pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until open (False if ``timeout`` seconds passed first)."""
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
+            return False
+        try:  # let the next waiter through
+            self._lock.release()
+        except RuntimeError:  # opened again meanwhile: open either way
+            pass
+        return True
 
 
 class FutureState:
@@ -59,7 +88,7 @@ class FutureState:
         self.key = key
         self.lock = lock
         self.status = "pending"
-        self.event: threading.Event | None = None  # made by the first thread that blocks on it
+        self.event: Gate | None = None  # made by the first thread that blocks on it
         self.exception: Any = None
         self.traceback: Any = None
         self.cause: Any = None  # the key whose failure this one inherits
@@ -76,7 +105,7 @@ class FutureState:
             callbacks, self.callbacks = self.callbacks, []
         event = self.event
         if event is not None:
-            event.set()
+            event.open()
         for cb in callbacks:
             cb()
 
@@ -105,8 +134,7 @@ class FutureState:
                 return
             self.status = "pending"
             self.exception = self.traceback = self.cause = None
-            if self.event is not None:
-                self.event.clear()
+            self.event = None  # threads that wait from now on wait for the next outcome
 
     def done(self) -> bool:
         return self.status != "pending"
@@ -132,7 +160,7 @@ class FutureState:
             return True
         with self.lock:
             if self.event is None:
-                self.event = threading.Event()
+                self.event = Gate()
             if self.status != "pending":
                 return True
             event = self.event

@@ -40,7 +40,9 @@ def _by_value(func: Any) -> bool:
 class _PickledFunction:
     """A function already pickled by value; unpickles (on the worker) as the function itself.
 
-    Its bytes travel as an out-of-band frame, so the task's own pickle holds no trace of them.
+    Its bytes are inside the task's pickle (one plain ``bytes`` specification, the cheapest
+    kind to relay and load); :meth:`TaskPickler.dumps` looks past them when it checks the rest
+    of the task for references to ``__main__``.
     """
 
     __slots__ = ("blob",)
@@ -52,16 +54,12 @@ class _PickledFunction:
         raise TypeError("a pickled function placeholder was called")
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        return (loads_function, (pickle.PickleBuffer(self.blob),))
-
-
-def loads_function(blob: Any) -> Any:
-    """The function pickled in ``blob``; a worker unpickles each distinct function once."""
-    return _loads_function(bytes(blob))
+        return (loads_function, (self.blob,))
 
 
 @functools.lru_cache(maxsize=256)
-def _loads_function(blob: bytes) -> Any:
+def loads_function(blob: bytes) -> Any:
+    """The function pickled in ``blob``; a worker unpickles each distinct function once."""
     return pickle.loads(blob)
 
 
@@ -104,13 +102,16 @@ class TaskPickler:
         whatever cannot be pickled."""
         try:
             plain: Task | None = task
+            placeholder = None
             if _by_value(task.func):
                 placeholder = self._placeholder(task.func)
                 plain = None if placeholder is None else task.with_func(placeholder)
             if plain is not None:
                 frames = pickle_dumps(plain)
-                header = frames[0]
-                if _MAIN[0] not in header and _MAIN[1] not in header and not _names_registered(header):
+                rest = frames[0]  # what refers to modules, the function's own pickle aside
+                if placeholder is not None:
+                    rest = rest.replace(placeholder.blob, b"", 1)
+                if _MAIN[0] not in rest and _MAIN[1] not in rest and not _names_registered(rest):
                     return _spec("pickle", frames)
         except Exception:
             pass

@@ -111,8 +111,7 @@ class SchedulerStream:
                 with st.lock:
                     st.status, st.who_has = "pending", None
                     self._drop_inline(st)
-                    if st.event is not None:
-                        st.event.clear()
+                    st.event = None  # threads that wait from now on wait for the recomputed result
         elif op == "graph-error":
             for key in msg["keys"]:
                 st = self._states.get(key)

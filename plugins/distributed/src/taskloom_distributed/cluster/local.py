@@ -32,6 +32,7 @@ from taskloom.local import cpu_count
 
 from ..comm import new_token
 from ..loop import LoopThread
+from ..loop import run as run_loop
 from ..nanny import Nanny
 from ..nanny.process import NO_MAIN_GUARD_EXIT
 from ..scheduler.server import Scheduler
@@ -108,7 +109,7 @@ def _worker_process(address: str, nthreads: int, memory_limit: int, name: str, t
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to handle
     from ..worker.server import run_worker
 
-    asyncio.run(
+    run_loop(
         run_worker(
             address, nthreads=nthreads, memory_limit=memory_limit, name=name, auth_token=token,
             exit_process=True,  # ends the process even if a task is still running

@@ -3,7 +3,7 @@
 from .handshake import HandshakeError, accept, connect_handshake, local_versions
 from .messages import Serialized, dumps, loads
 from .security import Security, new_token
-from .tcp import Comm, CommClosedError, CommTimeoutError, connect, listen, parse_address
+from .tcp import Comm, CommClosedError, CommTimeoutError, TLSServer, connect, listen, parse_address
 from .timeouts import connect_timeout, idle_timeout
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Security",
     "new_token",
     "Serialized",
+    "TLSServer",
     "accept",
     "connect",
     "connect_handshake",

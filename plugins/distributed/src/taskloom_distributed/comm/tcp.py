@@ -12,8 +12,8 @@ gets its connection aborted and :class:`CommTimeoutError` (see :mod:`.timeouts`)
 
 Until a connection has authenticated (:meth:`Comm.set_authenticated`, called by the handshake)
 a message may hold only a few small frames, so an unauthenticated peer cannot make us allocate
-much.  TLS on the listening side is started by hand (``loop.start_tls``) rather than by the
-server, so that a failed TLS handshake is logged with the peer's address.
+much.  A TLS server accepts each connection itself and then starts TLS on it
+(:class:`TLSServer`), so that a failed handshake is logged with the peer's address.
 """
 
 from __future__ import annotations
@@ -441,40 +441,40 @@ async def connect(
     return Comm(transport, protocol, f"{scheme}://{host}:{port}")
 
 
+class TLSServer:
+    """A listening socket whose connections are accepted here and then wrapped in TLS
+    (``loop.connect_accepted_socket``), so that a failed handshake is an exception we log with
+    the peer's address.  (A plain server's ``loop.start_tls`` cannot be used for this on uvloop:
+    it starts reading after ``connection_made``, so the client's first TLS bytes would reach the
+    wrong protocol.)  It has what callers use of an ``asyncio.Server``."""
+
+    def __init__(self, sock: socket.socket, accepting: asyncio.Task[None]) -> None:
+        self.sockets = [sock]
+        self._accepting = accepting
+
+    def close(self) -> None:
+        self._accepting.cancel()
+        for sock in self.sockets:
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(self._accepting, return_exceptions=True)
+
+
 async def listen(
     host: str,
     port: int,
     handler: Callable[[Comm], Coroutine[Any, Any, None]],
     ssl_context: ssl.SSLContext | None = None,
-) -> asyncio.Server:
+) -> asyncio.Server | TLSServer:
     """Serve connections on ``host:port`` (0: any free port); ``handler`` gets each new Comm.
 
     With ``ssl_context`` every connection first completes a TLS handshake; one that fails is
     logged (with the peer's address) and closed, and ``handler`` never sees it.
     """
     loop = asyncio.get_running_loop()
-    scheme = "tls" if ssl_context is not None else "tcp"
-
-    async def serve(transport: asyncio.Transport, proto: _FrameProtocol, peer: str) -> None:
-        if ssl_context is not None:
-            try:
-                tls_transport = await loop.start_tls(
-                    transport,
-                    proto,
-                    ssl_context,
-                    server_side=True,
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-                )
-            except (OSError, TimeoutError, ConnectionError) as exc:
-                logger.warning("refused connection from %s: TLS handshake failed: %s", peer, exc)
-                transport.abort()
-                return
-            if tls_transport is None:  # the peer went away during the handshake
-                transport.close()
-                return
-            transport = tls_transport
-            proto.transport = tls_transport
-        await handler(Comm(transport, proto, peer))
+    if ssl_context is not None:
+        return await _listen_tls(host, port, handler, ssl_context)
 
     def factory() -> _FrameProtocol:
         proto = _FrameProtocol()
@@ -482,21 +482,72 @@ async def listen(
 
         def made(transport: asyncio.BaseTransport) -> None:
             original(transport)
-            if ssl_context is not None:
-                transport.pause_reading()  # type: ignore[attr-defined]  # TLS must read the first bytes
             _nodelay(transport)
             peer = transport.get_extra_info("peername")
-            task = loop.create_task(serve(transport, proto, f"{scheme}://{peer[0]}:{peer[1]}"))  # type: ignore[arg-type]
-            _handler_tasks.add(task)
-            task.add_done_callback(_handler_tasks.discard)
+            _serve(handler(Comm(transport, proto, f"tcp://{peer[0]}:{peer[1]}")))  # type: ignore[arg-type]
 
         proto.connection_made = made  # type: ignore[method-assign]
         return proto
 
     server = await loop.create_server(factory, host, port)
-    if ssl_context is None:  # TLS servers are always reached through TLS
-        inproc.register(server, handler)
+    inproc.register(server, handler)  # TLS servers are always reached through TLS
     return server
+
+
+async def _listen_tls(
+    host: str, port: int, handler: Callable[[Comm], Coroutine[Any, Any, None]], ssl_context: ssl.SSLContext
+) -> TLSServer:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+
+    async def welcome(conn: socket.socket, peer: str) -> None:
+        made: list[_FrameProtocol] = []  # uvloop returns its TLS protocol rather than ours
+
+        def factory() -> _FrameProtocol:
+            made.append(_FrameProtocol())
+            return made[0]
+
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                factory, conn, ssl=ssl_context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
+            )
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            logger.warning("refused connection from %s: TLS handshake failed: %s", peer, exc)
+            conn.close()
+            return
+        _nodelay(transport)
+        await handler(Comm(transport, made[0], peer))
+
+    async def accept() -> None:
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(sock)
+            except OSError as exc:  # out of file descriptors, say: keep serving the others
+                if sock.fileno() < 0:
+                    return
+                logger.warning("could not accept a connection on %s:%s: %s", host, port, exc)
+                await asyncio.sleep(0.1)
+                continue
+            _serve(welcome(conn, f"tls://{addr[0]}:{addr[1]}"))
+
+    return TLSServer(sock, loop.create_task(accept()))
+
+
+def _serve(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a connection's handler as a task that is kept alive until it ends."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _handler_tasks.add(task)
+    task.add_done_callback(_handler_tasks.discard)
 
 
 _handler_tasks: set[asyncio.Task[None]] = set()

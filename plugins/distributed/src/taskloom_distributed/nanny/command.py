@@ -14,6 +14,7 @@ import signal
 import sys
 from typing import Any
 
+from ..loop import run as run_loop
 from .nanny import Nanny
 
 
@@ -52,6 +53,6 @@ def run_nanny_cmd(args: argparse.Namespace, security: Any) -> int:
             return 1
         return 0
 
-    code = asyncio.run(main())
+    code = run_loop(main())
     print("nanny stopped", file=sys.stderr, flush=True)
     return code

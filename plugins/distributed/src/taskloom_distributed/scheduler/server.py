@@ -10,6 +10,7 @@ an ``rid`` and are answered with ``{"op": "reply", "rid": ..., "result"/"error":
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import ssl
@@ -21,7 +22,7 @@ from taskloom import config
 
 from .. import gctune, logbuffer
 from ..batched import BatchedSend
-from ..comm import Comm, CommClosedError, HandshakeError, Security, Serialized, accept, listen
+from ..comm import Comm, CommClosedError, HandshakeError, Security, Serialized, TLSServer, accept, listen
 from .dump import cluster_state
 from .lifecycle import WorkerLifecycle
 from .retirement import Retirer
@@ -65,7 +66,7 @@ class Scheduler:
         self.stealer = Stealer(self)  # queued tasks move to idle workers (workers that joined)
         self.streams: dict[tuple[str, Any], BatchedSend] = {}
         self._last_free: dict[tuple[str, Any], dict[str, Any]] = {}  # see _send
-        self.server: asyncio.Server | None = None
+        self.server: asyncio.Server | TLSServer | None = None
         self.address = ""
         self.closed = asyncio.Event()
         self._client_ids = 0
@@ -304,7 +305,10 @@ class Scheduler:
         if op == "run-on-scheduler":
             func = m["func"].load() if isinstance(m["func"], Serialized) else m["func"]
             args, kwargs = m["args"].load() if isinstance(m.get("args"), Serialized) else ((), {})
-            return Serialized.of(func(*args, **kwargs))
+            value = func(*args, **kwargs)
+            if inspect.isawaitable(value):  # a coroutine function runs on the scheduler's loop
+                value = await value
+            return Serialized.of(value)
         if op == "retire":
             return await self.retirer.retire(m.get("workers") or (), float(m.get("timeout", 60.0)))
         if op == "dump-state":

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import inspect
 import logging
 import math
 import os
@@ -53,7 +54,7 @@ from taskloom.worker import WorkerRuntime
 
 from .. import gctune, logbuffer
 from ..batched import BatchedSend
-from ..comm import Comm, CommClosedError, Security, Serialized, listen
+from ..comm import Comm, CommClosedError, Security, Serialized, TLSServer, listen
 from ..nanny.process import nanny_link
 from .connection import STREAM_INTERVAL as STREAM_INTERVAL
 from .connection import metrics_loop, register, scheduler_loop
@@ -125,7 +126,7 @@ class Worker:
         self.executor = ThreadPoolExecutor(nthreads, thread_name_prefix="taskloom-worker")  # run, plugins
         self.runner: TaskRunner | None = None  # the task threads (started with the worker)
         self._mean_duration = 10 * SHORT_TASK  # of recent tasks; no prefetching until measured
-        self.server: asyncio.Server | None = None
+        self.server: asyncio.Server | TLSServer | None = None
         self.stream: BatchedSend | None = None
         self.closed = asyncio.Event()
         self._peers: dict[str, Comm] = {}
@@ -430,16 +431,27 @@ class Worker:
             values = self.configs[config_id] = values.load()
         return values
 
-    def _run_function(self, func: Any, msg: dict[str, Any]) -> tuple[bool, Any]:
-        """On an executor thread: a function a client runs here (``run``, see :mod:`.transfer`)."""
+    async def run_function(self, func: Any, msg: dict[str, Any]) -> dict[str, Any]:
+        """The reply to a client's ``run``: ``func`` called on an executor thread, or awaited on
+        this worker's event loop when it is a coroutine function; its result serialized here, so
+        a result that cannot be pickled is reported (naming its type) like an exception."""
+        args, kwargs = msg["args"] if "args" in msg else ((), {})
+        try:
+            if inspect.iscoroutinefunction(func):
+                value = await func(*args, **kwargs)
+            else:
+                loop = asyncio.get_running_loop()
+                value = await loop.run_in_executor(self.executor, self._call_bound, func, args, kwargs)
+            return {"status": "OK", "result": Serialized.of(value)}
+        except (Exception, SystemExit) as exc:
+            return {"status": "error", "error": _pack_error(exc)}
+
+    def _call_bound(self, func: Any, args: Any, kwargs: Any) -> Any:
+        """On an executor thread: ``func(*args, **kwargs)``, the thread bound to this worker."""
         if getattr(self._local, "bound", False) is False:
             self.runtime.bind()
             self._local.bound = True
-        try:
-            args, kwargs = msg["args"] if "args" in msg else ((), {})
-            return True, func(*args, **kwargs)
-        except BaseException as exc:
-            return False, _pack_error(exc)
+        return func(*args, **kwargs)
 
     # -- memory ------------------------------------------------------------------------------------
     def _init_memory(self, local_directory: str | None, owns_process: bool, **fractions: Any) -> None:

@@ -129,7 +129,12 @@ async def handle_peer(worker: Worker, comm: Comm) -> None:
     try:
         while True:
             msg = await comm.read()
-            await comm.write(await peer_request(worker, msg), idle_timeout())  # not to a frozen peer
+            try:
+                reply = await peer_request(worker, msg)
+            except Exception as exc:  # a reply, never silence: the peer is waiting for one
+                logger.exception("worker %s: request %r failed", worker.address, msg.get("op"))
+                reply = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+            await comm.write(reply, idle_timeout())  # not to a frozen peer
     except CommClosedError:
         pass
 
@@ -160,7 +165,5 @@ async def peer_request(worker: Worker, msg: dict[str, Any]) -> dict[str, Any]:
             worker.state.data[k] = v
         return {"status": "OK", "nbytes": {k: sizeof(v) for k, v in msg["data"].items()}}
     if op == "run":
-        loop = asyncio.get_running_loop()
-        ok, value = await loop.run_in_executor(worker.executor, worker._run_function, msg["func"], msg)
-        return {"status": "OK", "result": Serialized.of(value)} if ok else {"status": "error", "error": value}
+        return await worker.run_function(msg["func"], msg)
     return {"status": "error", "error": f"unknown request {op!r}"}
