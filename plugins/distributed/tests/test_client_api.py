@@ -550,3 +550,37 @@ def test_classic_tuple_graphs_of_functions_sent_by_value_get_their_inputs(client
     assert client.get(graph, ["c", ("b", 0)]) == [5, 3]
     [persisted] = client.persist(_ClassicCollection(graph, [("b", 0)]))
     assert persisted.result() == 3
+
+
+def test_a_gate_lets_every_waiting_thread_through_once_open_and_times_out_while_shut() -> None:
+    from taskloom_distributed.client.futures import Gate
+
+    gate = Gate()
+    assert gate.wait(0.01) is False and gate.wait(0) is False
+    passed: list[bool] = []
+    waiters = [threading.Thread(target=lambda: passed.append(gate.wait(30))) for _ in range(5)]
+    for t in waiters:
+        t.start()
+    gate.open()
+    gate.open()  # twice: still open, no error
+    for t in waiters:
+        t.join(30)
+    assert passed == [True] * 5
+    assert gate.wait(0) is True and gate.wait() is True  # and it stays open
+
+
+def test_several_threads_blocked_on_one_future_all_get_its_result(client: Client, gates: Any) -> None:
+    gate = gates("many-readers")
+    future = client.submit(gated, gate, 7, pure=False)
+    results: list[int] = []
+
+    def read() -> None:
+        results.append(future.result(timeout=DEADLINE))
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for t in readers:
+        t.start()
+    open_gate(gate)
+    for t in readers:
+        t.join(DEADLINE)
+    assert results == [7] * 4
