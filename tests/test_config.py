@@ -434,3 +434,40 @@ def test_format_config_is_sorted_and_aligned() -> None:
             "num_workers = 4                # config.set",
             "scheduler = 'threads'          # default (taskloom)",
         ]
+
+
+def test_get_cached_follows_set_undo_refresh_and_overlays(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "cachetest.value"
+    with pytest.raises(KeyError, match="cachetest"):
+        config.get_cached(key)
+    assert config.get_cached(key, 7) == 7  # not set: the default, whichever is passed
+    assert config.get_cached(key, 8) == 8
+    with config.set({key: 1}):
+        assert config.get_cached(key) == 1
+        assert config.get_cached(key) == 1  # remembered
+        with config.set({key: 2}):
+            assert config.get_cached(key) == 2
+        assert config.get_cached(key) == 1  # undone
+        with config.overlay({key: 3}):
+            assert config.get_cached(key) == 3  # this thread only
+            seen: list[Any] = []
+            other = threading.Thread(target=lambda: seen.append(config.get_cached(key)))
+            other.start()
+            other.join()
+            assert seen == [1]
+        assert config.get_cached(key) == 1
+    assert config.get_cached(key, None) is None
+    monkeypatch.setenv("TASKLOOM_CACHETEST__VALUE", "5")
+    assert config.get_cached(key, None) is None  # the environment is read once ...
+    config.refresh()  # ... until a refresh
+    assert config.get_cached(key) == 5
+    monkeypatch.delenv("TASKLOOM_CACHETEST__VALUE")
+    config.refresh()
+    assert config.get_cached(key, None) is None
+
+
+def test_get_cached_copies_tables_like_get() -> None:
+    with config.set({"cachetest.table.a": 1}):
+        table = config.get_cached("cachetest.table")
+        table["a"] = 99
+        assert config.get_cached("cachetest.table") == {"a": 1}

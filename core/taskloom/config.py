@@ -44,6 +44,7 @@ __all__ = [
     "flatten",
     "format_config",
     "get",
+    "get_cached",
     "overlay",
     "refresh",
     "set",
@@ -63,6 +64,7 @@ CONTROL_VARIABLES: Final = frozenset({"TASKLOOM_CONFIG", "TASKLOOM_DISABLE_PLUGI
 """Environment variables that steer taskloom itself and are not configuration keys."""
 
 _NO_DEFAULT: Final = object()
+_ABSENT: Final = object()  # get_cached: remembered as "not set"
 _SET_SOURCE: Final = "config.set"
 _MAX_ALIGN: Final = 60  # format_config: longer lines are not padded
 
@@ -76,6 +78,8 @@ _base: _View | None = None  # defaults + files + env
 _set_layer: dict[str, Any] = {}  # dotted key -> value, applied in order
 _merged: _View | None = None  # _base with _set_layer on top
 _generation = 0  # changes whenever _set_layer does
+_changes = 0  # changes whenever any value may have (set, undo, refresh, new defaults): get_cached
+_cached: dict[str, tuple[int, Any]] = {}  # key -> (_changes when read, value), for get_cached
 _thread = threading.local()  # .overlay: the calling thread's _Overlay, if any
 _loading_defaults = False
 
@@ -238,6 +242,25 @@ def get(key: str, default: Any = _NO_DEFAULT) -> Any:
         return _copy_tree(node) if isinstance(node, dict) else node
 
 
+def get_cached(key: str, default: Any = _NO_DEFAULT) -> Any:
+    """:func:`get` for hot paths: a value that is not a table is remembered until the
+    configuration changes (``set``, leaving its ``with``, :func:`refresh`), so reading it again
+    costs a dictionary lookup.  Inside an :func:`overlay` the value is read afresh."""
+    if getattr(_thread, "overlay", None) is not None:
+        return get(key, default)
+    changes = _changes  # read first: a change while reading makes this entry stale at once
+    entry = _cached.get(key)
+    if entry is not None and entry[0] == changes:
+        value = entry[1]
+    else:
+        value = get(key, _ABSENT)
+        if not isinstance(value, dict):
+            _cached[key] = (changes, value)
+    if value is _ABSENT:  # not set: the default, or get's error naming the key
+        return get(key, default)
+    return value
+
+
 class _SetContext:
     """Returned by :func:`set`; leaving it as a context manager undoes that ``set``."""
 
@@ -252,7 +275,7 @@ class _SetContext:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        global _merged, _generation
+        global _merged, _generation, _changes
         with _lock:
             undo, self._undo = self._undo, []
             for key, hidden in reversed(undo):
@@ -260,6 +283,7 @@ class _SetContext:
                 _set_layer.update(hidden)
             _merged = None
             _generation += 1
+            _changes += 1
 
 
 def set(arg: Mapping[str, Any] | None = None, /, **kwargs: Any) -> _SetContext:
@@ -269,7 +293,7 @@ def set(arg: Mapping[str, Any] | None = None, /, **kwargs: Any) -> _SetContext:
     the previous values on exit (keys that were not set before are removed again).  A
     mapping sets its leaves and leaves the rest of a table as it was.
     """
-    global _merged, _generation
+    global _merged, _generation, _changes
     items = list(_leaves(arg)) if arg is not None else []
     items += _leaves({name.replace("__", "."): value for name, value in kwargs.items()})
     undo: list[_Undo] = []
@@ -281,6 +305,7 @@ def set(arg: Mapping[str, Any] | None = None, /, **kwargs: Any) -> _SetContext:
             _set_layer[key] = value  # last, so it applies after any ancestor
         _merged = None
         _generation += 1
+        _changes += 1
     return _SetContext(undo)
 
 
@@ -349,9 +374,10 @@ def overlay(values: Mapping[str, Any] | None) -> _OverlayContext:
 
 def refresh() -> None:
     """Forget the cached defaults, files and env vars; values from :func:`set` stay."""
-    global _base, _merged
+    global _base, _merged, _changes
     with _lock:
         _base = _merged = None
+        _changes += 1
 
 
 def set_defaults_provider(fn: DefaultsProvider | None) -> None:
@@ -360,10 +386,11 @@ def set_defaults_provider(fn: DefaultsProvider | None) -> None:
     It is called on first use after this (and after each :func:`refresh`), with the
     config lock held, so it must not read the configuration itself.
     """
-    global _provider, _base, _merged
+    global _provider, _base, _merged, _changes
     with _lock:
         _provider = fn
         _base = _merged = None
+        _changes += 1
 
 
 def config_snapshot() -> Tree:

@@ -154,7 +154,7 @@ def serialize(obj: Any, name: str | None = None) -> tuple[str, Frames]:
         if chosen is None:
             from . import config
 
-            chosen = get_serializer(config.get("serialization.default", "pickle"))
+            chosen = get_serializer(config.get_cached("serialization.default", "pickle"))
     else:
         chosen = get_serializer(name)
     try:

@@ -197,7 +197,7 @@ def test_values_larger_than_the_target_go_straight_to_disk(buffer: SpillBuffer) 
 def test_unpicklable_values_stay_in_memory_logged_once_with_the_key(
     buffer: SpillBuffer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    lock = threading.Lock()
+    lock = [threading.Lock(), b"x" * 4000]  # large enough for the LRU, and unpicklable
     with caplog.at_level(logging.ERROR, "taskloom.distributed.worker"):
         buffer["the-lock"] = lock
         buffer["a"] = np.ones(7_000_000)  # 56 MB
@@ -220,6 +220,23 @@ def test_a_peer_gets_spilled_frames_from_disk_without_unpickling(buffer: SpillBu
     assert buffer.spill_files.reads == reads + 1
     buffer["small"] = [1, 2, 3]
     assert to_serialized(buffer, "small").load() == [1, 2, 3]
+
+
+def test_small_values_stay_in_memory_outside_the_lru_and_are_counted(buffer: SpillBuffer) -> None:
+    buffer["small"] = 7
+    buffer["big"] = np.ones(7_000_000)  # 56 MB
+    assert "small" in buffer.pinned and "small" not in buffer.fast and "big" in buffer.fast
+    assert buffer.memory == 56 * MB + sizeof(7)
+    assert buffer.evict() == 56 * MB and buffer.evict() == -1  # the small one never goes to disk
+    assert buffer["small"] == 7 and set(buffer) == {"small", "big"} and len(buffer) == 2
+    buffer["small"] = np.ones(1000)  # now large: into the LRU, out of the small ones
+    assert "small" in buffer.fast and "small" not in buffer.pinned
+    buffer["big"] = "tiny now"  # the spilled value's file goes
+    assert "big" not in buffer.slow and buffer["big"] == "tiny now" and files(buffer) == []
+    del buffer["small"], buffer["big"]
+    assert len(buffer) == 0 and buffer.memory == 0
+    with pytest.raises(KeyError):
+        del buffer["big"]
 
 
 def test_threads_reading_while_values_are_spilled(buffer: SpillBuffer) -> None:

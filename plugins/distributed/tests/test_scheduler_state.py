@@ -190,7 +190,7 @@ def test_a_result_from_a_second_worker_is_a_replica_not_a_second_event() -> None
     st.add_worker(A)
     st.add_worker(B)
     submit(st, {"x": []}, ["x"])
-    st.tasks["x"].observers.add("c1")
+    st.tasks["x"].observers = {"c1"}
     first = st.task_finished(A, "x", 8)
     second = st.task_finished(B, "x", 8)
     assert [m["op"] for _, m in first].count("task-event") == 1

@@ -48,14 +48,23 @@ def replace_futures(obj: Any, deps: set[Key], client: Client | None = None) -> A
     return obj
 
 
+_PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
+
+
 def holds_future(obj: Any) -> bool:
-    if isinstance(obj, Future):
-        return True
-    if type(obj) in (list, tuple):
-        return any(holds_future(x) for x in obj)
-    if type(obj) is dict:
-        return any(holds_future(x) for x in obj.values())
-    return False
+    """Is there a Future in ``obj`` (looking into lists, tuples and dict values)?"""
+    t = type(obj)
+    if t in _PLAIN_TYPES:
+        return False
+    if t is list or t is tuple:
+        for x in obj:
+            tx = type(x)
+            if tx not in _PLAIN_TYPES and (tx is Future or holds_future(x)):
+                return True
+        return False
+    if t is dict:
+        return holds_future(list(obj.values()))
+    return isinstance(obj, Future)
 
 
 def rewrite(obj: Any, names: Mapping[Key, Key], deps: set[Key]) -> Any:

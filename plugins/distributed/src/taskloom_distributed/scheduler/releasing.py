@@ -28,7 +28,8 @@ def release_keys(st: SchedulerState, client: Any, keys: Iterable[Any]) -> Messag
         if ts is None:
             continue
         ts.who_wants.discard(client)
-        ts.observers.discard(client)
+        if client in ts.observers:
+            ts.observers = ts.observers - {client}
         wanted.discard(ts)
         maybe_release(st, ts, out)
     return out

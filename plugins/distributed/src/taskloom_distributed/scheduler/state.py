@@ -136,7 +136,7 @@ class SchedulerState:
                 ts.deaths = []
                 revived.append(ts)
             if observe:
-                ts.observers.add(client)
+                ts.observers = {*ts.observers, client}
         if workers is not None:
             restrict(new + revived, workers, allow_other_workers, self.workers.values())
         for ts in new:
@@ -405,9 +405,12 @@ class SchedulerState:
                 if not dep.waiting_on and dep.state == "waiting":
                     self._ready(dep, out)
         for dep in ts.dependencies:
-            dep.waiters.discard(ts)
-            self._maybe_release(dep, out)
-        self._maybe_release(ts, out)
+            waiters = dep.waiters
+            waiters.discard(ts)
+            if not waiters and not dep.who_wants:  # (the usual case, still needed: no call)
+                releasing.maybe_release(self, dep, out)
+        if not ts.waiters and not ts.who_wants:
+            releasing.maybe_release(self, ts, out)
         return out
 
     def task_erred(self, worker: str, key: Any, exception: Any, traceback: Any) -> Messages:

@@ -34,7 +34,8 @@ class TaskState:
     traceback: Any = None
     erred_on: Any = None  # key of the task whose error this one inherits
     retries: int = 0
-    observers: set[Any] = attrs.Factory(set)  # clients that want every state change (diagnostics)
+    # clients that want every state change (diagnostics); a shared empty frozenset until the first
+    observers: set[Any] | frozenset[Any] = frozenset()
     deaths: list[dict[str, Any]] = attrs.Factory(list)  # workers that died while running it
     claims: int = 0  # dependents claimed ahead onto the worker running it (see :mod:`.claims`)
     inline: bool = False  # its small result goes to the clients with the news it is done

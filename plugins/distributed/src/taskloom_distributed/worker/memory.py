@@ -6,7 +6,8 @@ each value (:func:`sizeof`), over a *slow* store on disk (:class:`SpillFiles`). 
 memory weigh more than the target, the least recently used go to disk; reading a spilled key
 (a task needs it as input) brings it back transparently; deleting a key (the scheduler released
 it) deletes its file.  The memory monitor (:mod:`.monitor`) can also spill on demand, one value at
-a time, with :meth:`SpillBuffer.evict`.
+a time, with :meth:`SpillBuffer.evict`.  Results under :data:`KEEP_BELOW` bytes (most task results)
+never go to disk: they are kept in a plain dict beside the LRU.
 
 Values go to disk through the core serializer registry (:func:`taskloom.serialize.serialize`:
 pickle protocol 5, buffers out of band), one file per key: a small header (serializer name and
@@ -50,6 +51,12 @@ MEMORY_EXIT_CODE = 75
 DIRECTORY_PREFIX = "taskloom-worker-"
 _HEADER = struct.Struct("<I")
 _UNSAFE = re.compile(r"[^\w.,-]+")
+
+
+KEEP_BELOW = 1024
+"""Results smaller than this (bytes, :func:`sizeof`) are kept in memory in a plain dict beside the
+spillable LRU: spilling one would save less than its file costs, and a dict costs a task a
+fraction of a microsecond where the LRU's bookkeeping costs over ten."""
 
 
 def _weight(key: Any, value: Any) -> float:
@@ -162,14 +169,17 @@ class SpillBuffer(zict.Buffer[Any, Any]):
     """Results by task key: in memory up to ``target`` bytes, the least recently used on disk.
 
     ``target=math.inf`` keeps everything in memory until :meth:`evict` is called (the monitor
-    spills on process memory only).  Values that cannot be spilled are kept in :attr:`pinned`.
+    spills on process memory only).  Values under :data:`KEEP_BELOW` bytes, and values that cannot
+    be spilled, are kept in :attr:`pinned`.
     """
 
     def __init__(self, directory: str, target: float = math.inf) -> None:
         self.spill_files = SpillFiles(directory)
-        super().__init__({}, self.spill_files, target, weight=_weight)
-        self.pinned: dict[Any, Any] = {}
+        self._fast_dict: dict[Any, Any] = {}
+        super().__init__(self._fast_dict, self.spill_files, target, weight=_weight)
+        self.pinned: dict[Any, Any] = {}  # values kept in memory, outside the LRU: see _pin
         self._pinned_nbytes: dict[Any, int] = {}
+        self._pinned_total = 0
         self._logged: set[Any] = set()
 
     @property
@@ -181,8 +191,7 @@ class SpillBuffer(zict.Buffer[Any, Any]):
         try:
             super().fast_to_slow(key, value)
         except CannotSpill as exc:
-            self.pinned[key] = value
-            self._pinned_nbytes[key] = int(_weight(key, value))
+            self._pin(key, value, int(_weight(key, value)))
             if key not in self._logged:
                 self._logged.add(key)
                 reason = (
@@ -192,8 +201,15 @@ class SpillBuffer(zict.Buffer[Any, Any]):
                 )
                 logger.error("keeping the result of %r in memory: %s (%s)", key, reason, exc.cause)
 
+    def _pin(self, key: Any, value: Any, nbytes: int) -> None:
+        """Keep ``value`` in memory, outside the LRU: a small one (spilling it would save less
+        than its file costs), or one that could not be spilled."""
+        self._pinned_total += nbytes - self._pinned_nbytes.get(key, 0)
+        self._pinned_nbytes[key] = nbytes
+        self.pinned[key] = value
+
     def _unpin(self, key: Any) -> bool:
-        self._pinned_nbytes.pop(key, None)
+        self._pinned_total -= self._pinned_nbytes.pop(key, 0)
         return self.pinned.pop(key, _MISSING) is not _MISSING
 
     def _cancel_evict(self, key: Any, value: Any) -> None:
@@ -202,6 +218,9 @@ class SpillBuffer(zict.Buffer[Any, Any]):
 
     # -- the mapping ----------------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Any:
+        value = self.pinned.get(key, _MISSING)  # most results are small: a dict lookup
+        if value is not _MISSING:
+            return value
         for _ in range(100):
             try:
                 return super().__getitem__(key)
@@ -217,12 +236,21 @@ class SpillBuffer(zict.Buffer[Any, Any]):
         raise KeyError(key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        nbytes = sizeof(value)
+        if nbytes < KEEP_BELOW:  # a plain dict, no LRU bookkeeping: most task results
+            if key in self._fast_dict or key in self.spill_files._names:
+                super().__delitem__(key)  # the key's earlier, larger value
+            self._pin(key, value, nbytes)
+            return
         self._unpin(key)
         super().__setitem__(key, value)
 
     def __delitem__(self, key: Any) -> None:
         unpinned = self._unpin(key)
-        self._logged.discard(key)
+        if self._logged:
+            self._logged.discard(key)
+        if unpinned and key not in self._fast_dict and key not in self.spill_files._names:
+            return
         try:
             super().__delitem__(key)
         except KeyError:
@@ -230,7 +258,8 @@ class SpillBuffer(zict.Buffer[Any, Any]):
                 raise KeyError(key) from None
 
     def __contains__(self, key: object) -> bool:
-        return key in self.fast or key in self.slow or key in self.pinned
+        # the dicts themselves: the zict layers' own __contains__ cost a Python call each
+        return key in self._fast_dict or key in self.spill_files._names or key in self.pinned
 
     def clear(self) -> None:
         """Forget every value (deleting the files) without reading spilled ones back."""
@@ -272,7 +301,7 @@ class SpillBuffer(zict.Buffer[Any, Any]):
     @property
     def memory(self) -> int:
         """Bytes of results held in memory."""
-        return int(self.fast.total_weight) + sum(self._pinned_nbytes.values())
+        return int(self.fast.total_weight) + self._pinned_total
 
     @property
     def disk(self) -> int:
