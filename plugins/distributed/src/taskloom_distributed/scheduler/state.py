@@ -175,6 +175,12 @@ class SchedulerState:
         """A new or released task: wait for its dependencies (recomputing lost ones), or run it."""
         if ts.state != "released":
             return
+        for dep in ts.dependencies:
+            if dep.state == "released" and dep.spec is not None:
+                break
+        else:  # nothing upstream to run again (a new task, usually): no search
+            self._activate_one(ts, out)
+            return
         order: list[TaskState] = []  # ts and the released tasks upstream of it, inputs first
         seen: set[TaskState] = set()
         stack: list[tuple[TaskState, bool]] = [(ts, False)]
