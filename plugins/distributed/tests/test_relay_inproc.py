@@ -237,22 +237,27 @@ def test_an_in_process_peer_that_sends_nothing_times_out() -> None:
     asyncio.run(main())
 
 
+async def recording_server() -> tuple[Any, str, asyncio.Queue[Any]]:
+    """A TCP server on 127.0.0.1 that puts every message it reads in a queue: (server, address, queue)."""
+    received: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def handler(comm: Any) -> None:
+        comm.set_authenticated()
+        while True:
+            try:
+                await received.put(await comm.read())
+            except CommClosedError:
+                return
+
+    server = await listen("127.0.0.1", 0, handler)
+    return server, f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}", received
+
+
 def test_a_batched_stream_writes_the_first_message_after_a_quiet_spell_at_once_and_batches_the_rest() -> None:
     from taskloom_distributed.batched import BatchedSend
 
     async def main() -> None:
-        received: asyncio.Queue[Any] = asyncio.Queue()
-
-        async def handler(comm: Any) -> None:
-            comm.set_authenticated()
-            while True:
-                try:
-                    await received.put(await comm.read())
-                except CommClosedError:
-                    return
-
-        server = await listen("127.0.0.1", 0, handler)
-        address = f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        server, address, received = await recording_server()
         try:
             tcp = await connect(address, local=False)
             stream = BatchedSend(tcp, interval=0.05)
@@ -291,18 +296,7 @@ def test_a_batched_stream_measures_its_quiet_spell_finer_than_uvloops_millisecon
     interval = 0.0004
 
     async def main() -> None:
-        received: asyncio.Queue[Any] = asyncio.Queue()
-
-        async def handler(comm: Any) -> None:
-            comm.set_authenticated()
-            while True:
-                try:
-                    await received.put(await comm.read())
-                except CommClosedError:
-                    return
-
-        server = await listen("127.0.0.1", 0, handler)
-        address = f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        server, address, received = await recording_server()
         tcp = await connect(address, local=False)
         stream = BatchedSend(tcp, interval=interval)
         try:
