@@ -490,7 +490,7 @@ async def listen(
         return proto
 
     server = await loop.create_server(factory, host, port)
-    inproc.register(server, handler)  # TLS servers are always reached through TLS
+    inproc.register(server, handler)  # plain TCP only: a TLS server is always reached through TLS
     return server
 
 

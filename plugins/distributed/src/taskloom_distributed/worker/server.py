@@ -393,9 +393,7 @@ class Worker:
 
     def _run_task(self, key: Any, spec: Any) -> tuple[bool, Any]:
         """On an executor thread: load the task, run it on the data it needs."""
-        if getattr(self._local, "bound", False) is False:
-            self.runtime.bind()
-            self._local.bound = True
+        self._bind_thread()
         runtime = self.runtime
         try:
             if self.plugin_error is not None:
@@ -448,10 +446,14 @@ class Worker:
 
     def _call_bound(self, func: Any, args: Any, kwargs: Any) -> Any:
         """On an executor thread: ``func(*args, **kwargs)``, the thread bound to this worker."""
+        self._bind_thread()
+        return func(*args, **kwargs)
+
+    def _bind_thread(self) -> None:
+        """The calling thread's ``taskloom.get_worker()`` is this worker (bound once per thread)."""
         if getattr(self._local, "bound", False) is False:
             self.runtime.bind()
             self._local.bound = True
-        return func(*args, **kwargs)
 
     # -- memory ------------------------------------------------------------------------------------
     def _init_memory(self, local_directory: str | None, owns_process: bool, **fractions: Any) -> None:
