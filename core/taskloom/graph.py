@@ -29,7 +29,8 @@ from .errors import CycleError
 Key = str | bytes | int | float | tuple[Any, ...]
 """A graph key: ``str``, ``bytes``, ``int``, ``float`` or a tuple of these."""
 
-_ATOMIC: frozenset[type] = frozenset({int, float, str, bytes, bool, complex, type(None)})
+# plain values: never a key reference nor a task (no need to look inside them)
+ATOMIC_TYPES: frozenset[type] = frozenset({int, float, str, bytes, bool, complex, type(None)})
 _KEY_TYPES = (str, bytes, int, float, tuple)
 
 
@@ -63,7 +64,7 @@ def _scan(obj: Any, deps: list[Key]) -> bool:
     if t is Task:
         deps.extend(obj.dependencies)
         return True
-    if t in _ATOMIC:
+    if t in ATOMIC_TYPES:
         return False
     found = False
     if t is list or t is tuple or t is set or t is frozenset:
@@ -125,12 +126,12 @@ class Task:
             if t is Ref:
                 refs.append((i, a.key))
                 deps.append(a.key)
-            elif t not in _ATOMIC and _scan(a, deps):
+            elif t not in ATOMIC_TYPES and _scan(a, deps):
                 simple = False
             i += 1
         if kwargs:
             for v in kwargs.values():
-                if type(v) not in _ATOMIC and _scan(v, deps):
+                if type(v) not in ATOMIC_TYPES and _scan(v, deps):
                     simple = False
         self.dependencies = tuple(dict.fromkeys(deps)) if len(deps) > 1 else tuple(deps)
         self._refs = tuple(refs) if simple else None
@@ -268,7 +269,7 @@ def _key_list(items: list[Any], graph: Mapping[Key, Any]) -> tuple[Key, ...] | N
         if t is tuple:
             if x and callable(x[0]):
                 return None
-        elif t is not str and t is not int and t not in _ATOMIC:
+        elif t is not str and t is not int and t not in ATOMIC_TYPES:
             return None
         try:
             if x not in graph:
@@ -307,7 +308,7 @@ def compile_tuple(value: tuple[Any, ...], graph: Mapping[Key, Any]) -> Task:
             deps.extend(keys)
         elif t is dict or t is Ref or t is Task:
             return to_task(value, graph)
-        elif t in _ATOMIC and a in graph:  # bytes, float keys
+        elif t in ATOMIC_TYPES and a in graph:  # bytes, float keys
             refs.append((i, a))
             deps.append(a)
         i += 1
@@ -420,7 +421,7 @@ def _convert_arg(arg: Any, graph: Mapping[Key, Any]) -> Any:
         return {k: _convert_arg(v, graph) for k, v in arg.items()}
     if t is Task or t is Ref:
         return arg
-    if t in _ATOMIC:
+    if t in ATOMIC_TYPES:
         return Ref(arg) if arg in graph else arg
     return arg
 
@@ -452,7 +453,7 @@ def to_task(value: Any, graph: Mapping[Key, Any]) -> Any:
         converted = _convert_arg(value, graph)
         deps: list[Key] = []
         return Task(_identity, converted) if _scan(converted, deps) else value
-    if t in _ATOMIC and value in graph:
+    if t in ATOMIC_TYPES and value in graph:
         return Task(_identity, Ref(value))
     return value
 

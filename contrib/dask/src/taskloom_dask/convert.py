@@ -43,12 +43,12 @@ from dask._task_spec import Alias, DataNode, Dict, GraphNode, List, TaskRef, Tup
 from dask._task_spec import Task as DaskTask
 from dask.utils import ensure_dict, is_namedtuple_instance
 from taskloom import Ref, Task
+from taskloom.graph import ATOMIC_TYPES
 
 __all__ = ["convert", "convert_node"]
 
 Key = Any  # str | bytes | int | float | tuple of these (taskloom.graph.Key)
 
-_ATOMIC: frozenset[type] = frozenset({int, float, str, bytes, bool, complex, type(None)})
 _MAYBE_KEY = (int, float, str, tuple)  # what Dask compares with the keys
 _SEQUENCES: tuple[type, ...] = (list, tuple, set, frozenset)
 _DASK_CALL = DaskTask.__call__
@@ -126,7 +126,7 @@ def _task(node: DaskTask) -> Task:
         t = type(a)
         if t is TaskRef:
             c: Any = Ref(a.key)
-        elif t in _ATOMIC or not isinstance(a, (GraphNode, TaskRef)):
+        elif t in ATOMIC_TYPES or not isinstance(a, (GraphNode, TaskRef)):
             i += 1
             continue
         else:
@@ -261,7 +261,7 @@ def _literal(value: Any, keys: Container[Key]) -> Any:
     t = type(value)
     if t is tuple or t is list or t is dict or t is Ref or t is Task:
         return Task(quote, value)
-    if t in _ATOMIC:
+    if t in ATOMIC_TYPES:
         try:
             if value in keys:
                 return Task(quote, value)

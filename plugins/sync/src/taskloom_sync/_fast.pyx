@@ -88,7 +88,7 @@ cdef PyObject* T_TASK = <PyObject*>Task
 
 
 cdef inline bint _other_atomic(PyObject* t) noexcept:
-    """``t`` is one of ``taskloom.graph._ATOMIC`` other than ``str`` and ``int``."""
+    """``t`` is one of ``taskloom.graph.ATOMIC_TYPES`` other than ``str`` and ``int``."""
     return t == T_BYTES or t == T_FLOAT or t == T_BOOL or t == T_COMPLEX or t == T_NONE
 
 

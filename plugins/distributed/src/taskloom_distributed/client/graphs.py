@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from taskloom.graph import Key, Ref, Task
+from taskloom.graph import ATOMIC_TYPES, Key, Ref, Task
 from taskloom.serialize import cloudpickle_dumps
 
 from ..comm import Serialized
@@ -48,18 +48,15 @@ def replace_futures(obj: Any, deps: set[Key], client: Client | None = None) -> A
     return obj
 
 
-_PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
-
-
 def holds_future(obj: Any) -> bool:
     """Is there a Future in ``obj`` (looking into lists, tuples and dict values)?"""
     t = type(obj)
-    if t in _PLAIN_TYPES:
+    if t in ATOMIC_TYPES:
         return False
     if t is list or t is tuple:
         for x in obj:
             tx = type(x)
-            if tx not in _PLAIN_TYPES and (tx is Future or holds_future(x)):
+            if tx not in ATOMIC_TYPES and (tx is Future or holds_future(x)):
                 return True
         return False
     if t is dict:
