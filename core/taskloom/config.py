@@ -80,7 +80,14 @@ _merged: _View | None = None  # _base with _set_layer on top
 _generation = 0  # changes whenever _set_layer does
 _changes = 0  # changes whenever any value may have (set, undo, refresh, new defaults): get_cached
 _cached: dict[str, tuple[int, Any]] = {}  # key -> (_changes when read, value), for get_cached
-_thread = threading.local()  # .overlay: the calling thread's _Overlay, if any
+
+
+class _ThreadState(threading.local):
+    overlay: _Overlay | None = None  # the calling thread's overlay, if any (a class default:
+    # reading it where it was never set is a plain attribute lookup, no AttributeError raised)
+
+
+_thread = _ThreadState()
 _loading_defaults = False
 
 
@@ -230,7 +237,7 @@ def get(key: str, default: Any = _NO_DEFAULT) -> Any:
     path = _split(key)
     with _lock:
         node: Any = _view()[0]
-        over = getattr(_thread, "overlay", None)
+        over = _thread.overlay
         if over is not None:
             node = over.tree(node)
         for i, part in enumerate(path):
@@ -246,7 +253,7 @@ def get_cached(key: str, default: Any = _NO_DEFAULT) -> Any:
     """:func:`get` for hot paths: a value that is not a table is remembered until the
     configuration changes (``set``, leaving its ``with``, :func:`refresh`), so reading it again
     costs a dictionary lookup.  Inside an :func:`overlay` the value is read afresh."""
-    if getattr(_thread, "overlay", None) is not None:
+    if _thread.overlay is not None:
         return get(key, default)
     changes = _changes  # read first: a change while reading makes this entry stale at once
     entry = _cached.get(key)
@@ -257,7 +264,7 @@ def get_cached(key: str, default: Any = _NO_DEFAULT) -> Any:
         if not isinstance(value, dict):
             _cached[key] = (changes, value)
     if value is _ABSENT:  # not set: the default, or get's error naming the key
-        return get(key, default)
+        return default if default is not _NO_DEFAULT else get(key)
     return value
 
 
@@ -351,7 +358,7 @@ class _OverlayContext:
         self._previous: _Overlay | None = None
 
     def __enter__(self) -> Self:
-        self._previous = getattr(_thread, "overlay", None)
+        self._previous = _thread.overlay
         outer = self._previous.items if self._previous is not None else []
         _thread.overlay = _Overlay(outer + self._items) if self._items or outer else None
         return self
@@ -397,7 +404,7 @@ def config_snapshot() -> Tree:
     """The whole merged configuration as a nested dict (dicts copied, values not)."""
     with _lock:
         root = _view()[0]
-        over = getattr(_thread, "overlay", None)
+        over = _thread.overlay
         return _copy_tree(over.tree(root) if over is not None else root)
 
 

@@ -23,7 +23,6 @@ Per-task diagnostics hooks cost a pluggy call each, so they are looked up once p
 
 from __future__ import annotations
 
-import gc
 import heapq
 import os
 import time
@@ -32,6 +31,7 @@ from typing import Any
 
 import attrs
 
+from . import gcpause
 from .graph import Key, Task
 from .order import Plan
 from .plugins import get_plugin_manager
@@ -170,14 +170,8 @@ class ExecutionState:
     )  # fmt: skip
 
     def __init__(self, plan: Plan) -> None:
-        if not gc.isenabled():
+        with gcpause.paused():  # a list per task, none freed: collections would only rescan the graph
             self._build(plan)
-            return
-        gc.disable()  # a list per task, none freed: collections would only rescan the graph
-        try:
-            self._build(plan)
-        finally:
-            gc.enable()
 
     def _build(self, plan: Plan) -> None:
         self.plan = plan

@@ -20,13 +20,13 @@ The same pass does the rest of the up-front work, so nothing touches a key twice
 
 from __future__ import annotations
 
-import gc
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
+from . import gcpause
 from .errors import KeysNotFoundError, MissingDependencyError
 from .graph import Key, Task, compile_tuple, raise_cycle, to_task
 
@@ -67,13 +67,8 @@ def plan(graph: Mapping[Key, Any], outputs: list[Key]) -> Plan:
     The cyclic garbage collector is paused meanwhile: the pass allocates a few objects per task
     and frees none, so collections would only rescan the (large, live) graph again and again.
     """
-    if not gc.isenabled():
+    with gcpause.paused():
         return _plan(graph, outputs)
-    gc.disable()
-    try:
-        return _plan(graph, outputs)
-    finally:
-        gc.enable()
 
 
 def _plan(graph: Mapping[Key, Any], outputs: list[Key]) -> Plan:

@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from . import config
 from .errors import TaskloomError
 
 Frames = list[Any]  # bytes-like: bytes, bytearray, memoryview, PickleBuffer
@@ -152,8 +153,6 @@ def serialize(obj: Any, name: str | None = None) -> tuple[str, Frames]:
     if name is None:
         chosen = _for_type(type(obj))
         if chosen is None:
-            from . import config
-
             chosen = get_serializer(config.get_cached("serialization.default", "pickle"))
     else:
         chosen = get_serializer(name)

@@ -77,8 +77,10 @@ def test_relaying_is_off_with_relay_bytes_0_and_for_results_sent_without_a_value
     sent = x_and_y_then_z(st)
     st.task_finished(sent["x"][0], "x", 5, "bytes")
     out = st.task_finished(sent["y"][0], "y", 5, "bytes")  # large results: no value with the news
-    _, msg = computes(out)["z"]
-    assert "data" not in msg and msg["who_has"] == {"x": [sent["x"][0]], "y": [sent["y"][0]]}
+    where, msg = computes(out)["z"]
+    other = "y" if where == sent["x"][0] else "x"
+    assert "data" not in msg and sorted(msg["deps"]) == ["x", "y"]
+    assert msg["who_has"] == {other: [sent[other][0]]}  # the local input is in deps only
 
 
 # -- the worker ------------------------------------------------------------------------------------

@@ -176,7 +176,7 @@ def test_retry_of_a_killed_worker_error_forgets_the_deaths() -> None:
     assert to_clients(out, "task-erred") == {"bad"}
     out = st.retry(["bad"])
     assert to_clients(out, "task-retried") == {"bad"} and set(computes(out)) == {"bad"}
-    assert st.tasks["bad"].deaths == []
+    assert list(st.tasks["bad"].deaths) == []
 
 
 def test_a_retried_restricted_task_keeps_its_restriction() -> None:

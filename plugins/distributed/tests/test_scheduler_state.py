@@ -118,7 +118,7 @@ def test_only_the_tasks_executing_when_a_worker_died_are_blamed() -> None:
     submit(st, {"bad": [], "queued": []}, ["bad", "queued"])
     st.remove_worker(A, "killed", "killed by signal SIGKILL", executing=[key_digest("bad")])
     assert len(st.tasks["bad"].deaths) == 1
-    assert st.tasks["queued"].deaths == []
+    assert list(st.tasks["queued"].deaths) == []
 
 
 def test_without_a_nanny_account_every_task_sent_there_is_suspect() -> None:
@@ -134,7 +134,7 @@ def test_an_expected_departure_blames_nothing() -> None:
     st.add_worker(A)
     submit(st, {"x": []}, ["x"])
     st.remove_worker(A, "closing", expected=True)
-    assert st.tasks["x"].deaths == []
+    assert list(st.tasks["x"].deaths) == []
 
 
 def where(st: SchedulerState, key: Any) -> str | None:
@@ -163,7 +163,7 @@ def test_a_task_that_kills_allowed_failures_workers_fails_and_the_rest_of_the_gr
     assert [d["worker"] for d in exc.deaths] == workers[:3]
     assert [d["how"] for d in exc.deaths] == [f"killed by signal SIGKILL #{i}" for i in range(3)]
     assert "'bad'" in str(exc) and workers[2] in str(exc) and "allowed_failures = 3" in str(exc)
-    assert st.tasks["good"].deaths == []
+    assert list(st.tasks["good"].deaths) == []
     good_on = where(st, "good")
     assert good_on == workers[3]
     out = st.task_finished(good_on, "good", 8)
@@ -253,4 +253,4 @@ def test_a_worker_registering_again_under_the_same_address_replaces_the_old_one(
     submit(st, {"x": []}, ["x"])
     out = st.add_worker(A)
     assert computes(out) == {"x": A}
-    assert st.tasks["x"].deaths == []
+    assert list(st.tasks["x"].deaths) == []

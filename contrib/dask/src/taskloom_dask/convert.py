@@ -35,14 +35,13 @@ so a literal always stays a literal.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Container, Mapping
 from typing import Any, cast
 
 from dask._task_spec import Alias, DataNode, Dict, GraphNode, List, TaskRef, Tuple
 from dask._task_spec import Task as DaskTask
 from dask.utils import ensure_dict, is_namedtuple_instance
-from taskloom import Ref, Task
+from taskloom import Ref, Task, gcpause
 from taskloom.graph import ATOMIC_TYPES
 
 __all__ = ["convert", "convert_node"]
@@ -299,13 +298,8 @@ def convert(dsk: Mapping[Key, Any], cache: Mapping[Key, Any] | None = None) -> d
     allocates a few objects per task and frees none, so collections would only rescan the growing
     graph again and again (quadratic in effect on large graphs).
     """
-    if not gc.isenabled():
+    with gcpause.paused():
         return _convert(dsk, cache)
-    gc.disable()
-    try:
-        return _convert(dsk, cache)
-    finally:
-        gc.enable()
 
 
 def _convert(dsk: Mapping[Key, Any], cache: Mapping[Key, Any] | None) -> dict[Key, Any]:

@@ -26,14 +26,13 @@ running there and how the process ended (the pool replaces it before the next co
 
 from __future__ import annotations
 
-import gc
 import itertools
 import time
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-from taskloom import config
+from taskloom import config, gcpause
 from taskloom.errors import TaskloomError, WorkerPluginError
 from taskloom.graph import Key, _GatherTask, _TupleTask, to_wire
 from taskloom.local import FOLLOW_MAX_DEPS, ExecutionState, TaskEvents, cpu_count, task_events
@@ -97,10 +96,9 @@ class _GcPause:
     """
 
     def __init__(self) -> None:
-        self.active = gc.isenabled()
-        if self.active:
-            gc.disable()
-            self.deadline = time.monotonic() + GC_PAUSE_SECONDS
+        gcpause.pause()
+        self.active = True
+        self.deadline = time.monotonic() + GC_PAUSE_SECONDS
 
     def check(self) -> float | None:
         """Resume collecting once the time is up; else how long until it is (``None``: no pause)."""
@@ -115,7 +113,7 @@ class _GcPause:
     def end(self) -> None:
         if self.active:
             self.active = False
-            gc.enable()
+            gcpause.resume()
 
 
 class _Compute:

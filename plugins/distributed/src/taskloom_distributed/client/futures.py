@@ -229,6 +229,9 @@ async def wait_states(states: list[FutureState], stop_on_error: bool = False) ->
                     st.discard_callback(cb)
 
 
+LIVE: set[int] = set()  # ids of the Future objects in this process (none: no graph holds one)
+
+
 class Future:
     """A remote computation's result: ``result()``, ``exception()``, ``cancel()``, ``await``.
 
@@ -239,6 +242,7 @@ class Future:
     __slots__ = ("__weakref__", "_released", "_state", "client", "key")
 
     def __init__(self, key: Any, client: Client, state: FutureState | None = None) -> None:
+        LIVE.add(id(self))
         self.key = key
         self.client = client
         self._state = state if state is not None else client._hold(key)
@@ -353,6 +357,7 @@ class Future:
             self.release()
         except Exception:  # interpreter shutdown
             pass
+        LIVE.discard(id(self))
 
     def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError("a Future cannot be pickled; pass it as an argument to submit() instead")

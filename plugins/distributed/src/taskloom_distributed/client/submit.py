@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import types
 import uuid
@@ -10,13 +11,14 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
+from taskloom import gcpause
 from taskloom.graph import Key, Task, flatten_keys, pack_results
 from taskloom.local import task_events
-from taskloom.order import plan
+from taskloom.order import Plan, plan
 from taskloom.tokenize import tokenize
 
 from ..config_snapshot import ConfigShipper, tag_tasks
-from .futures import Future, FutureState
+from .futures import LIVE, Future, FutureState
 from .graphs import collect_futures, holds_future, identity, replace_futures, rewrite, rewrite_task
 from .pickling import TaskPickler
 
@@ -151,23 +153,27 @@ class Submission:
 
     def _send_graph(
         self, tasks: Mapping[Key, Any], keys: list[Key], priorities: dict[Key, int], retries: int = 0,
-        where: dict[str, Any] | None = None,
+        where: dict[str, Any] | None = None, graph: int | None = None, more: bool = False,
+        hold: list[Key] | None = None,
     ) -> None:  # fmt: skip
         self._check_running()
         events = task_events()
         self._events = events if events.active else None
         cid = self._config_shipper.current(self._post)  # this client's config.set values, for the workers
-        self._post(
-            {
-                "op": "update-graph",
-                "tasks": dict(tasks) if cid is None else tag_tasks(dict(tasks), cid),
-                "keys": keys,
-                "priorities": priorities,
-                "retries": retries,
-                "observe": events.active,
-                **(where or {}),
-            }
-        )
+        msg = {
+            "op": "update-graph",
+            "tasks": dict(tasks) if cid is None else tag_tasks(dict(tasks), cid),
+            "keys": keys,
+            "priorities": priorities,
+            "retries": retries,
+            "observe": events.active,
+            **(where or {}),
+        }
+        if graph is not None:  # one part of a graph sent in parts (see _submit_graph)
+            msg["graph"], msg["more"] = graph, more
+            if more:
+                msg["hold"] = hold  # the keys later parts need
+        self._post(msg)
 
     def _submit_graph(
         self, graph: Mapping[Key, Any], keys: list[Key], retries: int = 0, private: bool = False,
@@ -177,8 +183,19 @@ class Submission:
 
         ``private``: the graph's keys get a per-call prefix on the cluster, so a ``get`` never
         shares (or collides with) results of another call that happens to use the same key names.
+
+        A large graph goes in parts, in priority order (literals first, then each task after its
+        dependencies): the first :data:`FIRST_PART` tasks run while the rest is still being
+        pickled, each later part twice as large as the one before (up to :data:`MAX_PART`).
         """
         self._check_running()
+        with gcpause.paused():  # a few objects per task, none garbage (see taskloom.gcpause)
+            return self._prepare_graph(graph, keys, retries, private, where)
+
+    def _prepare_graph(
+        self, graph: Mapping[Key, Any], keys: list[Key], retries: int, private: bool,
+        where: dict[str, Any] | None,
+    ) -> list[Future]:  # fmt: skip
         existing = {k: v for k, v in graph.items() if isinstance(v, Future) and v.key == k}
         p = plan({k: (Task(identity, None) if k in existing else v) for k, v in graph.items()}, keys)
         prefix = f"get-{uuid.uuid4().hex[:16]}" if private else None
@@ -186,31 +203,42 @@ class Submission:
         if prefix is not None:
             names = {k: (prefix, k) for k in (*p.order, *p.literals) if k not in existing}
             self._aliases = {v: k for k, v in names.items()}  # diagnostics report the caller's keys
+        self._quiet = {names.get(k, k) for k in p.literals}
+        self._errors = {}
+        wanted = [names.get(k, k) for k in keys]
+        parts = _Parts(self, p, list(dict.fromkeys(wanted)), retries, where)
+        try:
+            self._add_tasks(p, existing, names, parts)
+            futures = self._futures(wanted)
+        except BaseException:
+            parts.abandon()
+            raise
+        parts.send(last=True)
+        return futures
+
+    def _add_tasks(self, p: Plan, existing: Mapping[Key, Any], names: dict[Key, Key], parts: _Parts) -> None:
+        """The tasks of plan ``p`` pickled, in priority order, into ``parts``."""
         dumps = self._pickler.dumps
-        tasks: dict[Key, Any] = {}
+        add = parts.add
+        for k, v in p.literals.items():
+            deps: set[Key] = set()
+            spec = dumps(k, Task(identity, rewrite(v, names, deps)))
+            add(k, names.get(k, k), spec, sorted(deps, key=repr), ())
+        scan = _may_hold_futures()
+        tasks = p.tasks
         for k in p.order:
             if k in existing:
+                parts.skip()
                 continue
-            task = p.tasks[k]
-            if holds_future(task.args) or holds_future(task.kwargs):  # futures become their keys
-                deps: set[Key] = set()
+            task = original = tasks[k]
+            if scan and (holds_future(task.args) or holds_future(task.kwargs)):  # futures: their keys
+                deps = set()
                 task = rewrite_task(task, names, deps)
-                tasks[names.get(k, k)] = (dumps(k, task), sorted(deps, key=repr))
+                add(k, names.get(k, k), dumps(k, task), sorted(deps, key=repr), original.dependencies)
                 continue
             if names:
                 task = task.renamed(names)
-            tasks[names.get(k, k)] = (dumps(k, task), list(task.dependencies))
-        self._quiet = {names.get(k, k) for k in p.literals}
-        self._errors = {}
-        for k, v in p.literals.items():
-            deps = set()
-            name = names.get(k, k)
-            tasks[name] = (dumps(k, Task(identity, rewrite(v, names, deps))), sorted(deps, key=repr))
-        priorities = {names.get(k, k): i for i, k in enumerate((*p.literals, *p.order))}
-        wanted = [names.get(k, k) for k in keys]
-        futures = self._futures(wanted)
-        self._send_graph(tasks, list(dict.fromkeys(wanted)), priorities, retries, where)
-        return futures
+            add(k, names.get(k, k), dumps(k, task), list(task.dependencies), original.dependencies)
 
     def get(self, graph: Mapping[Key, Any], keys: Any, retries: int = 0, **kwargs: Any) -> Any:
         """Compute ``keys`` of ``graph`` on the cluster; results shaped like ``keys``."""
@@ -289,6 +317,72 @@ class Submission:
     async def _retry(self, keys: list[Key]) -> None:
         if keys:
             await self._request("retry", keys=keys)
+
+
+FIRST_PART = 1000  # tasks in the first part of a graph sent in parts (smaller graphs: one message)
+MAX_PART = 8000  # the largest part
+
+
+class _Parts:
+    """A graph's tasks sent to the scheduler in parts as they are pickled (see ``_submit_graph``)."""
+
+    def __init__(
+        self, client: Submission, p: Plan, keys: list[Key], retries: int, where: dict[str, Any] | None
+    ) -> None:  # fmt: skip
+        self.client, self.keys, self.retries, self.where = client, keys, retries, where
+        total = len(p.literals) + len(p.order)
+        self.tasks: dict[Key, Any] = {}
+        self.priorities: dict[Key, int] = {}
+        self.position = 0  # the priority of the next task
+        self.limit = FIRST_PART if total > FIRST_PART else total + 1
+        self.graph: int | None = None  # the id its parts share, from the first one sent
+        # for each key of the plan, its dependents not yet in a part (and 1 if it is wanted): a
+        # task of a part sent with more to come is held on the cluster while this is not 0
+        self.remaining = p.refcount
+        self.names: list[tuple[Key, Key]] = []  # this part's keys: in the plan, and as sent
+
+    def add(self, key: Key, name: Key, spec: Any, deps: list[Key], planned_deps: Iterable[Key]) -> None:
+        """Task ``key`` (sent as ``name``, ``deps`` as sent, ``planned_deps`` as in the plan)."""
+        self.tasks[name] = (spec, deps)
+        self.priorities[name] = self.position
+        self.position += 1
+        self.names.append((key, name))
+        remaining = self.remaining
+        for d in planned_deps:
+            remaining[d] -= 1
+        if len(self.tasks) >= self.limit:
+            self.send(last=False)
+            self.limit = min(2 * self.limit, MAX_PART)
+
+    def skip(self) -> None:
+        """A task already on the cluster (a Future in the graph): it keeps its priority number."""
+        self.position += 1
+
+    def send(self, last: bool) -> None:
+        hold = None
+        if not last:
+            if self.graph is None:
+                self.graph = next(_graph_ids)
+            remaining = self.remaining
+            hold = [name for key, name in self.names if remaining.get(key)]
+        self.client._send_graph(
+            self.tasks, self.keys if last else [], self.priorities, self.retries, self.where,
+            graph=self.graph, more=not last, hold=hold,
+        )  # fmt: skip
+        self.tasks, self.priorities, self.names = {}, {}, []
+
+    def abandon(self) -> None:
+        """Preparing the rest failed: the scheduler lets go of the parts it has."""
+        if self.graph is not None:
+            self.client._post({"op": "abandon-graph", "graph": self.graph})
+
+
+_graph_ids = itertools.count(1)
+
+
+def _may_hold_futures() -> bool:
+    """Could a graph hold a Future (any client's)?  Not while none exists in this process."""
+    return bool(LIVE)
 
 
 _PLAIN = frozenset((int, float, str, bytes, bool, type(None)))

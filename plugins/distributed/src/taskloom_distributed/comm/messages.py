@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgpack
+from taskloom import gcpause
 from taskloom.serialize import Frames, deserialize, frames_nbytes, serialize
 
 _SERIALIZED = 1
 _TUPLE = 2
+LARGE = 64 * 1024  # a message header this long (a graph, say) is unpacked with the collector paused
 
 
 class Serialized:
@@ -75,7 +77,10 @@ def loads(frames: Sequence[Any], unpickle: bool = True) -> Any:
             return ser.load() if unpickle else ser
         raise ValueError(f"unknown message extension type {code}")
 
-    return msgpack.unpackb(frames[0], ext_hook=ext_hook, raw=False, strict_map_key=False, use_list=False)
+    if len(frames[0]) < LARGE:
+        return msgpack.unpackb(frames[0], ext_hook=ext_hook, raw=False, strict_map_key=False, use_list=False)
+    with gcpause.paused():  # thousands of containers, none garbage: collections would rescan them
+        return msgpack.unpackb(frames[0], ext_hook=ext_hook, raw=False, strict_map_key=False, use_list=False)
 
 
 def loads_plain(frames: Sequence[Any]) -> Any:

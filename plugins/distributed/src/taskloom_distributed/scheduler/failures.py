@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import claims
+from .tasks import EMPTY, NO_DEATHS
 
 if TYPE_CHECKING:
     from .state import SchedulerState
@@ -45,7 +46,7 @@ def retry(st: SchedulerState, keys: Iterable[Any]) -> Messages:
     for t in revive:
         t.state = "released"
         t.exception = t.traceback = t.erred_on = None
-        t.deaths = []
+        t.deaths = NO_DEATHS
         for client in t.who_wants:
             out.append((("client", client), {"op": "task-retried", "key": t.key}))
     for t in sorted(revive, key=lambda t: t.priority):
@@ -57,7 +58,7 @@ def fail(st: SchedulerState, ts: TaskState, exception: Any, traceback: Any, out:
     """``ts`` failed for good: its clients are told, and everything downstream fails with it."""
     ts.state = "erred"
     ts.exception, ts.traceback, ts.erred_on = exception, traceback, ts.key
-    ts.waiting_on.clear()
+    ts.waiting_on = EMPTY
     st.unrunnable.discard(ts)
     for client in ts.who_wants:
         out.append((("client", client), st._erred_msg(ts)))
@@ -78,7 +79,7 @@ def inherit_error(st: SchedulerState, ts: TaskState, cause: TaskState, out: Mess
         st.unrunnable.discard(t)
         t.state = "erred"
         t.exception, t.traceback, t.erred_on = cause.exception, cause.traceback, cause.erred_on
-        t.waiting_on.clear()
+        t.waiting_on = EMPTY
         for client in t.who_wants:
             out.append((("client", client), st._erred_msg(t)))
         stack.extend(t.dependents)

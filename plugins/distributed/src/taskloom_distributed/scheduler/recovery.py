@@ -65,7 +65,7 @@ def remove_worker(
             culprits = [ts for ts in rerun if key_digest(ts.key) in digests]
         death = {"worker": address, "name": ws.name, "pid": ws.pid, "how": how or reason, "log": ws.log}
         for ts in culprits:
-            ts.deaths.append(death)
+            ts.deaths = [*ts.deaths, death]
     for ts in rerun:
         ts.processing_on = None
         ts.state = "released"
@@ -93,7 +93,10 @@ def _recover(
     for ts in lost:
         for dependent in list(ts.waiters):
             if dependent.state == "waiting":
-                dependent.waiting_on.add(ts)
+                if dependent.waiting_on:
+                    dependent.waiting_on.add(ts)
+                else:
+                    dependent.waiting_on = {ts}
             elif dependent.state == "processing":  # sent elsewhere to fetch ts from a dead worker
                 _withdraw(dependent, out)
                 again.append(dependent)
@@ -156,6 +159,7 @@ def restart(st: SchedulerState, reason: str) -> Messages:
             out.append((("client", client), msg))
     st.tasks.clear()
     st.unrunnable.clear()
+    st.held.clear()  # (the rest of a graph coming in parts fails: its dependencies are gone)
     for wanted in st.clients.values():
         wanted.clear()
     for w in st.workers.values():

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from taskloom import config
+from taskloom import config, gcpause
 
 from .. import gctune, logbuffer
 from ..batched import BatchedSend
@@ -29,6 +29,8 @@ from .retirement import Retirer
 from .state import RELAY_BYTES, Messages, SchedulerState
 from .stealing import Stealer
 from .watchdog import Watchdog
+
+LARGE_GRAPH = 1000  # tasks: an update this large is taken in with the collector paused
 
 logger = logging.getLogger("taskloom.distributed.scheduler")
 
@@ -246,6 +248,9 @@ class Scheduler:
         op = m["op"]
         st = self.state
         if op == "update-graph":
+            large = len(m["tasks"]) >= LARGE_GRAPH
+            if large:
+                gcpause.pause()  # a few objects per task, none garbage (see taskloom.gcpause)
             try:
                 self._send(
                     st.update_graph(
@@ -257,10 +262,20 @@ class Scheduler:
                         m.get("observe", False),
                         m.get("workers"),
                         m.get("allow_other_workers", False),
+                        m.get("graph"),
+                        m.get("more", False),
+                        m.get("hold"),
                     )
                 )
             except KeyError as exc:
-                stream.send({"op": "graph-error", "keys": m["keys"], "error": str(exc)})
+                if m["keys"]:
+                    stream.send({"op": "graph-error", "keys": m["keys"], "error": str(exc.args[0])})
+            finally:
+                if large:
+                    gcpause.resume()
+            return
+        if op == "abandon-graph":
+            self._send(st.abandon_graph(client, m["graph"]))
             return
         if op == "release-keys":
             self._send(st.release_keys(client, m["keys"]))

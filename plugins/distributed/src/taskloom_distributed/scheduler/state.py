@@ -37,7 +37,7 @@ from . import claims, failures, placement, recovery, releasing
 from .claims import CLAIM_MAX_DEPS
 from .placement import BANDWIDTH, TRANSFER_LATENCY
 from .restrictions import _names, _some_keys, allows, restrict
-from .tasks import Messages, Recipient, TaskState, WorkerInfo
+from .tasks import EMPTY, NO_DEATHS, Messages, Recipient, TaskState, WorkerInfo
 
 __all__ = [
     "BANDWIDTH",
@@ -76,6 +76,9 @@ class SchedulerState:
         self.workers: dict[str, WorkerInfo] = {}
         self.running: dict[str, WorkerInfo] = {}  # the workers that take new tasks
         self.clients: dict[Any, set[TaskState]] = {}
+        # graphs that come in parts: (client, graph id) -> (generation, the tasks held for it)
+        self.held: dict[tuple[Any, Any], tuple[int, list[TaskState]]] = {}
+        self.failed_graphs: dict[tuple[Any, Any], str] = {}  # -> the error of the failed part
         self.unrunnable: set[TaskState] = set()  # ready, but there is no running worker
         self.generation = itertools.count()
         self.mean_duration = DEFAULT_DURATION
@@ -99,7 +102,12 @@ class SchedulerState:
 
     def remove_client(self, client: Any) -> Messages:
         wanted = self.clients.pop(client, set())
-        return self.release_keys(client, [ts.key for ts in wanted], known=wanted)
+        out = self.release_keys(client, [ts.key for ts in wanted], known=wanted)
+        for c, graph in [k for k in self.held if k[0] == client]:
+            out += self.abandon_graph(c, graph)
+        for k in [k for k in self.failed_graphs if k[0] == client]:
+            del self.failed_graphs[k]
+        return out
 
     def update_graph(
         self,
@@ -111,15 +119,38 @@ class SchedulerState:
         observe: bool = False,
         workers: Iterable[str] | None = None,
         allow_other_workers: bool = False,
+        graph: Any = None,
+        more: bool = False,
+        hold: Iterable[Any] | None = None,
     ) -> Messages:
         """A client submits ``tasks`` (key -> (spec, dependency keys)) and wants ``keys``.
 
         ``workers``: addresses or names of the workers the submitted tasks may run on (None: any);
         with ``allow_other_workers`` they are a preference only.  A restriction naming no known
         worker is accepted (its tasks wait for such a worker to join) and logged as a warning.
+
+        A large graph may come in parts, in priority order (each part's dependencies in earlier
+        parts), so that its first tasks run while the client still prepares the rest: every
+        part names the same ``graph`` id and all but the last say ``more``.  The tasks of a
+        part that later parts need (``hold``; default: all of them) are held -- not released,
+        whatever finishes -- until the last part is in; all parts share the first one's
+        generation.  A missing dependency fails the whole graph: its held
+        tasks are let go, its other parts ignored, and the last one raises the same error.
         """
         out: Messages = []
-        gen = next(self.generation)
+        held = self.held.get((client, graph)) if graph is not None else None
+        failed = self.failed_graphs.pop((client, graph), None) if graph is not None else None
+        if failed is not None:
+            if more:  # (still failed when the last part comes)
+                self.failed_graphs[client, graph] = failed
+                return out
+            raise KeyError(failed)
+        if held is None:
+            gen = next(self.generation)
+            if more:
+                held = self.held[client, graph] = (gen, [])
+        else:
+            gen = held[0]
         priorities = priorities or {}
         new: list[TaskState] = []
         revived: list[TaskState] = []
@@ -133,25 +164,35 @@ class SchedulerState:
                 ts.spec = spec if spec is not None else ts.spec
                 ts.state = "released"
                 ts.exception = ts.traceback = ts.erred_on = None
-                ts.deaths = []
+                ts.deaths = NO_DEATHS
                 revived.append(ts)
             if observe:
                 ts.observers = {*ts.observers, client}
+        if more and held is not None:
+            kept = held[1]
+            for ts in new + revived if hold is None else (self.tasks[k] for k in hold if k in tasks):
+                ts.held += 1
+                kept.append(ts)
         if workers is not None:
             restrict(new + revived, workers, allow_other_workers, self.workers.values())
-        for ts in new:
-            for dkey in tasks[ts.key][1]:
-                dep = self.tasks.get(dkey)
-                if dep is None:
-                    raise KeyError(f"task {ts.key!r} depends on {dkey!r}, which the scheduler does not know")
-                ts.dependencies.add(dep)
-                dep.dependents.add(ts)
+        try:
+            self._link(new, tasks)
+        except KeyError as exc:
+            self._drop_new(new)
+            if graph is not None:
+                self.abandon_graph(client, graph)
+                if more:
+                    self.failed_graphs[client, graph] = str(exc.args[0])
+            raise
         wanted = self.clients.setdefault(client, set())
         keys = list(keys)
         inline = len(keys) <= INLINE_MAX_KEYS  # a few results: each comes with its news
         for key in keys:
             ts = self.tasks[key]
-            ts.who_wants.add(client)
+            if ts.who_wants:
+                ts.who_wants.add(client)
+            else:
+                ts.who_wants = {client}
             ts.inline = ts.inline or inline
             wanted.add(ts)
         roots = sum(1 for ts in new if not ts.dependencies)
@@ -169,6 +210,36 @@ class SchedulerState:
                 out.append((("client", client), self._in_memory_msg(ts)))
             elif ts.state == "erred":
                 out.append((("client", client), self._erred_msg(ts)))
+        if not more and held is not None:  # the last part: the earlier ones need no holding now
+            del self.held[client, graph]
+            releasing.unhold(self, held[1], out)
+        return out
+
+    def _link(self, new: list[TaskState], tasks: dict[Any, tuple[Any, list[Any]]]) -> None:
+        for ts in new:
+            for dkey in tasks[ts.key][1]:
+                dep = self.tasks.get(dkey)
+                if dep is None:
+                    raise KeyError(f"task {ts.key!r} depends on {dkey!r}, which the scheduler does not know")
+                ts.dependencies.add(dep)
+                dep.dependents.add(ts)
+
+    def _drop_new(self, new: list[TaskState]) -> None:
+        """Forget the tasks a submission that failed made (nothing ran yet)."""
+        for ts in new:
+            for dep in ts.dependencies:
+                dep.dependents.discard(ts)
+            ts.dependencies.clear()
+            if self.tasks.get(ts.key) is ts:
+                del self.tasks[ts.key]
+
+    def abandon_graph(self, client: Any, graph: Any) -> Messages:
+        """The rest of ``graph`` will not come (the client failed to prepare it, or left): the
+        tasks held for it are let go (dropped, unless something else needs them)."""
+        out: Messages = []
+        held = self.held.pop((client, graph), None)
+        if held is not None:
+            releasing.unhold(self, held[1], out)
         return out
 
     def _activate(self, ts: TaskState, out: Messages) -> None:
@@ -223,7 +294,7 @@ class SchedulerState:
         ws = self.decide_worker(ts)
         if ws is None:
             ts.state = "waiting"
-            ts.waiting_on.clear()
+            ts.waiting_on = EMPTY
             self.unrunnable.add(ts)
             return
         ts.state = "processing"
@@ -248,20 +319,23 @@ class SchedulerState:
     def _compute_msg(self, ts: TaskState, ws: WorkerInfo | None = None) -> dict[str, Any]:
         """The compute-task message of ``ts`` for ``ws`` (default: the worker processing it).
 
+        ``deps`` lists its inputs; ``who_has`` says where those ``ws`` lacks are (an empty list:
+        not computed yet, as for a task claimed ahead of its inputs); those ``ws`` holds are in
+        ``deps`` only -- a task of thousands of inputs made where they are costs a key each.
         Small inputs the scheduler holds (``relayed``) and ``ws`` lacks travel inside it, so
         ``ws`` needs no fetch from a peer; from then on ``ws`` counts as a holder of them.
         """
         if ws is None:
             ws = ts.processing_on
+        deps: list[Any] = []
         who_has: dict[Any, list[str]] = {}
-        nbytes: dict[Any, int] = {}
         msg = {
             "op": "compute-task",
             "key": ts.key,
             "spec": ts.spec,
             "priority": ts.priority,
+            "deps": deps,
             "who_has": who_has,
-            "nbytes": nbytes,
         }
         if ts.inline and ts.who_wants:  # a client waits for it: a small result comes with the news
             msg["inline"] = True
@@ -269,10 +343,12 @@ class SchedulerState:
             msg["relay"] = (self.relay_bytes, len(ts.dependents))
         data = None
         for d in ts.dependencies:
+            deps.append(d.key)
             holders = d.who_has
-            who_has[d.key] = [w.address for w in holders]
-            nbytes[d.key] = d.nbytes
-            if d.relayed is not None and ws is not None and ws not in holders and d.state == "memory":
+            if ws in holders:
+                continue
+            who_has[d.key] = [w.address for w in holders]  # (also for a relayed one it cannot load)
+            if d.relayed is not None and ws is not None and d.state == "memory":
                 if data is None:
                     data = msg["data"] = {}
                 data[d.key] = d.relayed
@@ -394,7 +470,7 @@ class SchedulerState:
         self.progress += 1
         ts.nbytes, ts.type = nbytes, type_name
         ts.exception = ts.traceback = None
-        ts.waiting_on.clear()
+        ts.waiting_on = EMPTY
         self.unrunnable.discard(ts)
         if value is not None and ts.dependents and sum(len(f) for f in value[1]) <= self.relay_bytes:
             ts.relayed = value  # relayed to the workers of its dependents (a client's may be larger)
@@ -508,7 +584,7 @@ class SchedulerState:
             ws.has_what.add(ts)
             ws.nbytes += nbytes
             if client is not None:  # scattered by a client: it holds a Future for it
-                ts.who_wants.add(client)
+                ts.who_wants = {*ts.who_wants, client}
                 self.clients.setdefault(client, set()).add(ts)
         return out
 

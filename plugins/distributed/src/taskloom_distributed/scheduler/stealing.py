@@ -29,6 +29,7 @@ import attrs
 from taskloom import config
 
 from .state import BANDWIDTH, Messages, SchedulerState, TaskState, WorkerInfo, allows
+from .tasks import EMPTY
 
 if TYPE_CHECKING:
     from .server import Scheduler
@@ -141,7 +142,7 @@ class WorkStealing:
         thief = (st.running.get(asked[1]) if asked is not None else None) or st.decide_worker(ts)
         if thief is None:  # no running worker left: it waits for one
             ts.state = "waiting"
-            ts.waiting_on.clear()
+            ts.waiting_on = EMPTY
             st.unrunnable.add(ts)
             return []
         out: Messages = []

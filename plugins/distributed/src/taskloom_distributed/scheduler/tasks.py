@@ -11,6 +11,11 @@ from typing import Any
 
 import attrs
 
+# the shared empty default of the containers most tasks leave empty (fewer objects per task for
+# the garbage collector to scan): assigned, never mutated -- a site that adds to one makes its own
+EMPTY: Any = frozenset()
+NO_DEATHS: Any = ()
+
 Recipient = tuple[str, Any]
 Messages = list[tuple[Recipient, dict[str, Any]]]
 
@@ -23,11 +28,11 @@ class TaskState:
     state: str = "released"
     dependencies: set[TaskState] = attrs.Factory(set)
     dependents: set[TaskState] = attrs.Factory(set)
-    waiting_on: set[TaskState] = attrs.Factory(set)
+    waiting_on: set[TaskState] = EMPTY
     waiters: set[TaskState] = attrs.Factory(set)  # dependents that still need this value
     who_has: set[WorkerInfo] = attrs.Factory(set)
     processing_on: WorkerInfo | None = None
-    who_wants: set[Any] = attrs.Factory(set)
+    who_wants: set[Any] = EMPTY
     nbytes: int = 0
     type: str = ""
     exception: Any = None
@@ -36,7 +41,7 @@ class TaskState:
     retries: int = 0
     # clients that want every state change (diagnostics); a shared empty frozenset until the first
     observers: set[Any] | frozenset[Any] = frozenset()
-    deaths: list[dict[str, Any]] = attrs.Factory(list)  # workers that died while running it
+    deaths: list[dict[str, Any]] = NO_DEATHS  # workers that died while running it
     claims: int = 0  # dependents claimed ahead onto the worker running it (see :mod:`.claims`)
     inline: bool = False  # its small result goes to the clients with the news it is done
     # its small result (serializer name, frames), kept to relay to the workers of its dependents
@@ -44,6 +49,8 @@ class TaskState:
     # worker restrictions: addresses or names it may run on (None: any); ``loose``: only a preference
     restrictions: frozenset[str] | None = None
     loose: bool = False
+    # parts of a graph still to come may depend on it: kept, even if nothing needs it yet
+    held: int = 0
 
     def __repr__(self) -> str:
         return f"<TaskState {self.key!r} {self.state}>"

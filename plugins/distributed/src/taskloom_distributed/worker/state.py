@@ -86,7 +86,9 @@ class WorkerState:
         ts.spec, ts.priority = msg["spec"], tuple(msg["priority"])
         ts.inline = "inline" in msg
         ts.relay, ts.dependents_anywhere = msg.get("relay", (0, 0))
-        ts.dependencies = set(msg["who_has"])
+        who_has = msg["who_has"]
+        deps = msg.get("deps")  # (where the scheduler knows them held here, in deps only)
+        ts.dependencies = set(who_has if deps is None else deps)
         ts.missing = {d for d in ts.dependencies if d not in self.data}
         out: Instructions = []
         for dep in ts.missing:
@@ -94,7 +96,7 @@ class WorkerState:
             if dts is None:
                 dts = self.tasks[dep] = WorkerTask(dep)
             dts.dependents.add(key)
-            dts.who_has = list(msg["who_has"][dep])
+            dts.who_has = list(who_has.get(dep, ()))
             if dts.state in ("new", "error"):
                 dts.state = "fetch"
         out += self._fetch([self.tasks[dep] for dep in ts.missing])
