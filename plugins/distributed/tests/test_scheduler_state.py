@@ -254,3 +254,36 @@ def test_a_worker_registering_again_under_the_same_address_replaces_the_old_one(
     out = st.add_worker(A)
     assert computes(out) == {"x": A}
     assert list(st.tasks["x"].deaths) == []
+
+
+def test_a_task_with_many_inputs_lets_go_of_them_after_its_news_in_chunks() -> None:
+    from taskloom_distributed.scheduler.state import RELEASE_NOW_MAX
+
+    st = SchedulerState()
+    st.add_worker(A)
+    n = 3 * RELEASE_NOW_MAX + 5
+    deps = {f"x{i}": [] for i in range(n)}
+    out = run_all(st, submit(st, {**deps, "total": list(deps)}, ["total"]))
+    assert to_clients(out, "key-in-memory").keys() == {"total"}
+    assert freed(out) == [] and all(st.tasks[k].state == "memory" for k in deps)  # not yet
+    released: list[tuple[str, Any]] = []
+    rounds = 0
+    while st.inputs_to_release:
+        chunk = freed(st.release_inputs(RELEASE_NOW_MAX))
+        assert len(chunk) == min(RELEASE_NOW_MAX, n - len(released))
+        released += chunk
+        rounds += 1
+    assert rounds == 4 and sorted(released) == sorted((A, k) for k in deps)
+    assert all(st.tasks[k].state == "released" for k in deps) and st.release_inputs() == []
+
+
+def test_inputs_waiting_to_be_let_go_of_are_safe_when_the_task_is_released_first() -> None:
+    from taskloom_distributed.scheduler.state import RELEASE_NOW_MAX
+
+    st = SchedulerState()
+    st.add_worker(A)
+    deps = {f"x{i}": [] for i in range(RELEASE_NOW_MAX + 1)}
+    run_all(st, submit(st, {**deps, "total": list(deps)}, ["total"]))
+    out = st.release_keys("c1", ["total"])  # the client is done before the inputs were let go of
+    assert sorted(freed(out)) == sorted([(A, "total"), *((A, k) for k in deps)]) and st.tasks == {}
+    assert st.release_inputs(10_000) == [] and st.inputs_to_release == []

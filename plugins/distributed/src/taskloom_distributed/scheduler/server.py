@@ -31,6 +31,7 @@ from .stealing import Stealer
 from .watchdog import Watchdog
 
 LARGE_GRAPH = 1000  # tasks: an update this large is taken in with the collector paused
+RELEASE_CHUNK = 500  # inputs of finished tasks let go of per turn of the loop (release_inputs)
 
 logger = logging.getLogger("taskloom.distributed.scheduler")
 
@@ -68,6 +69,7 @@ class Scheduler:
         self.stealer = Stealer(self)  # queued tasks move to idle workers (workers that joined)
         self.streams: dict[tuple[str, Any], BatchedSend] = {}
         self._last_free: dict[tuple[str, Any], dict[str, Any]] = {}  # see _send
+        self._releasing_inputs = False  # a release_inputs() is scheduled on the loop
         self.server: asyncio.Server | TLSServer | None = None
         self.address = ""
         self.closed = asyncio.Event()
@@ -136,7 +138,12 @@ class Scheduler:
 
     def _send(self, msgs: Messages) -> None:
         """Queue ``msgs`` on their recipients' streams; ``free-keys`` right after ``free-keys``
-        on a stream (not yet written) join it: one message per write, not one per key."""
+        on a stream (not yet written) join it: one message per write, not one per key.
+
+        Tasks that finished with many inputs let go of them on the next turn of the loop, once
+        these messages (their news among them) are out (see ``SchedulerState.release_inputs``):
+        scheduled after the streams' own wake-ups.
+        """
         for recipient, msg in msgs:
             stream = self.streams.get(recipient)
             if stream is None:
@@ -152,6 +159,13 @@ class Scheduler:
                 stream.send(msg)
             except CommClosedError:
                 pass
+        if self.state.inputs_to_release and not self._releasing_inputs:
+            self._releasing_inputs = True
+            asyncio.get_running_loop().call_soon(self._release_inputs)
+
+    def _release_inputs(self) -> None:
+        self._releasing_inputs = False
+        self._send(self.state.release_inputs(RELEASE_CHUNK))  # (scheduled again if more remain)
 
     async def _worker_stream(self, comm: Comm, msg: dict[str, Any]) -> None:
         address = msg["address"]
