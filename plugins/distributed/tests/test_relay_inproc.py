@@ -118,6 +118,15 @@ def test_an_input_being_fetched_that_comes_with_a_task_message_serves_every_task
     assert ws.fetched(B, {"y": 7}) == [("send", {"op": "add-keys", "keys": {"y": 0}})]  # nothing reruns
 
 
+def test_an_input_the_scheduler_counts_here_keeps_the_holders_an_earlier_message_gave() -> None:
+    ws = WorkerState(1, A)
+    first = {"key": "z1", "spec": "s", "priority": (0,), "deps": ["y"], "who_has": {"y": [B]}}
+    assert ws.compute_task(first) == [("fetch", B, ["y"])]  # (its relayed copy could not be loaded)
+    second = {"key": "z2", "spec": "s", "priority": (1,), "deps": ["y"], "who_has": {}}  # "here"
+    assert ws.compute_task(second) == []
+    assert ws.tasks["y"].who_has == [B] and ws.tasks["z2"].missing == {"y"}
+
+
 # -- a real cluster --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client() -> Iterator[Client]:

@@ -96,7 +96,8 @@ class WorkerState:
             if dts is None:
                 dts = self.tasks[dep] = WorkerTask(dep)
             dts.dependents.add(key)
-            dts.who_has = list(who_has.get(dep, ()))
+            if dep in who_has:  # (none: the scheduler counts it here -- what an earlier message said stays)
+                dts.who_has = list(who_has[dep])
             if dts.state in ("new", "error"):
                 dts.state = "fetch"
         out += self._fetch([self.tasks[dep] for dep in ts.missing])
