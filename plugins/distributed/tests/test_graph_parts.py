@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import taskloom.errors
 import taskloom.serialize
 from taskloom.graph import Ref, Task
 from taskloom_distributed import Client
 from taskloom_distributed.client import submit
-from taskloom_distributed.scheduler.state import Messages, SchedulerState
+from taskloom_distributed.scheduler.state import Messages, MissingDependencyError, SchedulerState
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -77,11 +78,12 @@ def test_a_missing_dependency_fails_the_graph_and_lets_go_of_its_parts() -> None
     st = one_worker()
     part(st, {"a": []}, 0, more=True)
     st.task_finished(A, "a", 8)
-    with pytest.raises(KeyError, match="'b' depends on 'gone'"):
+    with pytest.raises(MissingDependencyError, match="'b' depends on 'gone'") as failure:
         part(st, {"b": ["a", "gone"]}, 1, more=True)
+    assert freed(failure.value.messages) == ["a"]  # its worker is told
     assert st.tasks == {} and st.held == {}  # a dropped; b never made it
     assert part(st, {"c": ["b"]}, 2, more=True) == []  # the rest of the graph is ignored...
-    with pytest.raises(KeyError, match="'b' depends on 'gone'"):  # ...and its last part fails
+    with pytest.raises(MissingDependencyError, match="'b' depends on 'gone'"):  # ...and its last part fails
         part(st, {"d": ["c"]}, 3, more=False, keys=["d"])
     assert st.tasks == {} and st.failed_graphs == {}
 
@@ -151,6 +153,37 @@ def scheduler_tasks(client: Client) -> int:
     return len(client.cluster.scheduler.state.tasks)
 
 
+class HeldDone:
+    """Pickled as 0 once every task held for a graph in parts is in memory (the client pickles
+    it, so the parts before it have been computed when the next part goes)."""
+
+    def __init__(self, client: Client) -> None:
+        self.state = client.cluster.scheduler.state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            held = [ts for _, tasks in list(self.state.held.values()) for ts in list(tasks)]
+            if held and all(ts.state == "memory" for ts in held):
+                break
+        return (int, (0,))
+
+
+def held_on_worker() -> int:
+    from taskloom.worker import get_worker
+
+    return len(get_worker().data)
+
+
+def workers_hold_nothing(client: Client, timeout: float = 30) -> bool:
+    """Whether every worker's data is empty within ``timeout`` (asks again after each reply)."""
+    deadline = time.monotonic() + timeout
+    while any(client.run(held_on_worker).values()):
+        if time.monotonic() > deadline:
+            return False
+    return True
+
+
 def drained(client: Client, timeout: float = 30) -> bool:
     """Whether the scheduler forgets every task within ``timeout`` (tasks running when their
     graph was let go finish first); asks again after each round trip."""
@@ -215,3 +248,19 @@ def test_a_part_holds_what_later_parts_need(client: Client, parts_sent: list[dic
     first, second, last = ([key[1] for key in m.get("hold", ())] for m in parts_sent)
     assert first == [("x", 0, 6), ("x", 1, 2)]  # a chain's end (for total), a chain cut in two
     assert second == [("x", 1, 6), ("x", 2, 6), ("x", 3, 6), ("x", 4, 1)] and last == []
+
+
+@pytest.mark.usefixtures("small_parts")
+def test_a_graph_needing_a_released_future_fails_naming_it_and_leaves_nothing(client: Client) -> None:
+    gone = client.submit(inc, 41)
+    assert gone.result() == 42
+    gone.release()  # the cluster forgets it
+    assert scheduler_tasks(client) == 0
+    graph = chains(10, 8)  # parts of 10, 20, 40 and the last 4 tasks, with this one:
+    graph["x", 9, 7] = Task(total, [HeldDone(client), gone])  # (prepared once the rest is done)
+    unknown = r"depends on 'inc-.*which the scheduler does not know"
+    with pytest.raises(taskloom.errors.TaskloomError, match=unknown):
+        client.get(graph, "total")
+    assert drained(client) and client.cluster.scheduler.state.held == {}
+    assert client.cluster.scheduler.state.failed_graphs == {}
+    assert workers_hold_nothing(client)  # the held parts' results were dropped where they were

@@ -26,7 +26,7 @@ from ..comm import Comm, CommClosedError, HandshakeError, Security, Serialized, 
 from .dump import cluster_state
 from .lifecycle import WorkerLifecycle
 from .retirement import Retirer
-from .state import RELAY_BYTES, Messages, SchedulerState
+from .state import RELAY_BYTES, Messages, MissingDependencyError, SchedulerState
 from .stealing import Stealer
 from .watchdog import Watchdog
 
@@ -281,7 +281,8 @@ class Scheduler:
                         m.get("hold"),
                     )
                 )
-            except KeyError as exc:
+            except MissingDependencyError as exc:
+                self._send(exc.messages)
                 if m["keys"]:
                     stream.send({"op": "graph-error", "keys": m["keys"], "error": str(exc.args[0])})
             finally:

@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_DURATION",
     "EVENTS_KEPT",
     "INLINE_MAX_KEYS",
+    "MissingDependencyError",
     "RELEASE_NOW_MAX",
     "TRANSFER_LATENCY",
     "Messages",
@@ -64,6 +65,15 @@ EVENTS_KEPT = 10_000  # notable events (workers joining, leaving, retiring, stal
 INLINE_MAX_KEYS = 16  # a submission wanting more keys has its results fetched in bulk, not inline
 RELAY_BYTES = 1024  # default of distributed.scheduler.relay_bytes
 RELEASE_NOW_MAX = 64  # a task that finishes with more inputs lets go of them in release_inputs()
+
+
+class MissingDependencyError(KeyError):
+    """A submitted task depends on a key the scheduler does not know.  ``messages``: what letting
+    go of the tasks held for the rest of its graph caused (``free-keys`` for their workers)."""
+
+    def __init__(self, error: str, messages: Messages) -> None:
+        super().__init__(error)
+        self.messages = messages
 
 
 class SchedulerState:
@@ -148,7 +158,7 @@ class SchedulerState:
             if more:  # (still failed when the last part comes)
                 self.failed_graphs[client, graph] = failed
                 return out
-            raise KeyError(failed)
+            raise MissingDependencyError(failed, out)
         if held is None:
             gen = next(self.generation)
             if more:
@@ -183,11 +193,13 @@ class SchedulerState:
             self._link(new, tasks)
         except KeyError as exc:
             self._drop_new(new)
+            error = str(exc.args[0])
+            freed: Messages = []
             if graph is not None:
-                self.abandon_graph(client, graph)
+                freed = self.abandon_graph(client, graph)
                 if more:
-                    self.failed_graphs[client, graph] = str(exc.args[0])
-            raise
+                    self.failed_graphs[client, graph] = error
+            raise MissingDependencyError(error, freed) from None
         wanted = self.clients.setdefault(client, set())
         keys = list(keys)
         inline = len(keys) <= INLINE_MAX_KEYS  # a few results: each comes with its news
