@@ -254,6 +254,9 @@ def test_a_worker_that_exits_for_memory_is_reported_as_such() -> None:
 # -- 3. the nanny and client.restart() -------------------------------------------------------------
 def test_a_killed_worker_is_restarted_by_its_nanny_and_rejoins() -> None:
     with Client(n_workers=2, threads_per_worker=1) as client:
+        # Client() returns once each nanny has heard its worker start: a kill from now on is a
+        # restart (it was taken for a worker that could not start, when it came first)
+        assert all(n.worker_address for n in client.cluster.nannies)
         before = {w["pid"] for w in workers(client).values()}
         victim = sorted(before)[0]
         psutil.Process(victim).kill()

@@ -224,8 +224,18 @@ class LocalCluster:
         return self._adaptive
 
     def wait_for_workers(self, n: int, timeout: float = START_TIMEOUT) -> None:
-        """Block until ``n`` workers have registered with the scheduler."""
+        """Block until ``n`` workers have registered with the scheduler, and their nannies have
+        heard so (a worker killed after that is restarted, not taken for one that cannot start)."""
         deadline = time.monotonic() + timeout
+        self._wait_registered(n, deadline, timeout)
+        for handle in list(self.workers.values()) if self.processes else ():
+            if handle.status == "running":
+                try:
+                    self._loop.run(handle.wait_started(max(0.0, deadline - time.monotonic())))
+                except (RuntimeError, TimeoutError):  # it died meanwhile: its nanny deals with that
+                    pass
+
+    def _wait_registered(self, n: int, deadline: float, timeout: float) -> None:
         while len(self.scheduler.state.workers) != n:
             dead = [h for h in self.workers.values() if self.processes and h.status == "failed"]
             if dead:
