@@ -11,6 +11,7 @@ scheduler -- refuses to unpickle anything.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,9 +78,8 @@ def loads(frames: Sequence[Any], unpickle: bool = True) -> Any:
             return ser.load() if unpickle else ser
         raise ValueError(f"unknown message extension type {code}")
 
-    if len(frames[0]) < LARGE:
-        return msgpack.unpackb(frames[0], ext_hook=ext_hook, raw=False, strict_map_key=False, use_list=False)
-    with gcpause.paused():  # thousands of containers, none garbage: collections would rescan them
+    # a large one: thousands of containers, none garbage -- collections would only rescan them
+    with gcpause.paused() if len(frames[0]) >= LARGE else contextlib.nullcontext():
         return msgpack.unpackb(frames[0], ext_hook=ext_hook, raw=False, strict_map_key=False, use_list=False)
 
 

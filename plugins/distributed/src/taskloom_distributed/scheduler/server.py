@@ -10,6 +10,7 @@ an ``rid`` and are answered with ``{"op": "reply", "rid": ..., "result"/"error":
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -262,12 +263,11 @@ class Scheduler:
         op = m["op"]
         st = self.state
         if op == "update-graph":
-            large = len(m["tasks"]) >= LARGE_GRAPH
-            if large:
-                gcpause.pause()  # a few objects per task, none garbage (see taskloom.gcpause)
+            # a large one: a few objects per task, none garbage (see taskloom.gcpause)
+            large = gcpause.paused() if len(m["tasks"]) >= LARGE_GRAPH else contextlib.nullcontext()
             try:
-                self._send(
-                    st.update_graph(
+                with large:
+                    out = st.update_graph(
                         client,
                         m["tasks"],
                         m["keys"],
@@ -280,14 +280,12 @@ class Scheduler:
                         m.get("more", False),
                         m.get("hold"),
                     )
-                )
             except MissingDependencyError as exc:
                 self._send(exc.messages)
                 if m["keys"]:
                     stream.send({"op": "graph-error", "keys": m["keys"], "error": str(exc.args[0])})
-            finally:
-                if large:
-                    gcpause.resume()
+                return
+            self._send(out)
             return
         if op == "abandon-graph":
             self._send(st.abandon_graph(client, m["graph"]))

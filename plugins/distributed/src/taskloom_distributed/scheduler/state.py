@@ -153,11 +153,11 @@ class SchedulerState:
         """
         out: Messages = []
         held = self.held.get((client, graph)) if graph is not None else None
-        failed = self.failed_graphs.pop((client, graph), None) if graph is not None else None
+        failed = self.failed_graphs.get((client, graph)) if graph is not None else None
         if failed is not None:
-            if more:  # (still failed when the last part comes)
-                self.failed_graphs[client, graph] = failed
+            if more:  # (the last part raises it)
                 return out
+            del self.failed_graphs[client, graph]
             raise MissingDependencyError(failed, out)
         if held is None:
             gen = next(self.generation)
